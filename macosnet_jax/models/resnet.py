@@ -1,0 +1,164 @@
+"""ResNet v1.5 encoder in torchvision's layout, truncatable after any stage, returning the skips.
+
+Why torchvision's layout exactly: the matching checkpoints we import (weakalign, CNNGeo) and the ImageNet
+weights are torchvision ResNets, so the stride sits on the 3x3 conv of each bottleneck (v1.5), paddings are
+torch's explicit symmetric pads (not 'SAME', which pads asymmetrically for stride 2 and shifts every feature
+by half a pixel), and max-pool pads with -inf.
+
+Submodule names mirror torch names so weight import is a rename: `conv1`, `bn1`, `layer{L}_{i}` with
+`conv1..conv3`, `bn1..bn3`, `downsample_conv`, `downsample_bn` (torch `layer{L}.{i}.downsample.{0,1}`).
+
+The encoder returns a dict of activations (B, H, W, C): 'stem' (ReLU output before max-pool, stride 2),
+'layer1'..'last_layer' and 'features' (= the last one). SPEC §2: ResNet-101 to layer3 gives 1024 channels
+at stride 16 (15x15 for 240x240 input); the decoder reads 'stem', 'layer1', 'layer2' as skips.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# depth -> (block kind, blocks per layer). torchvision's table.
+RESNET_CONFIGS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+LAYER_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
+BN_EPSILON = 1e-5
+# torch momentum 0.1 weighs the NEW batch by 0.1; flax momentum weighs the OLD running value.
+BN_MOMENTUM = 0.9
+
+
+def block_expansion(depth: int) -> int:
+    """Output channels / inner width of a block: 1 for BasicBlock (18/34), 4 for Bottleneck (50+)."""
+    return 1 if RESNET_CONFIGS[depth][0] == "basic" else 4
+
+
+def output_channels(depth: int, last_layer: str, width: int = 64) -> int:
+    """Channel count of the encoder's 'features' output for a config."""
+    if last_layer == "stem":
+        return width
+    level = LAYER_NAMES.index(last_layer)
+    return width * 2 ** (level - 1) * block_expansion(depth)
+
+
+def _conv(features: int, kernel: int, stride: int, name: str, precision: Any = None) -> nn.Conv:
+    """Bias-free conv with torch's symmetric padding kernel // 2."""
+    pad = kernel // 2
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                   use_bias=False, name=name, precision=precision)
+
+
+def _bn(use_running_average: bool, name: str, scale_init=nn.initializers.ones) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=use_running_average, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                        scale_init=scale_init, name=name)
+
+
+class BasicBlock(nn.Module):
+    """torchvision BasicBlock: 3x3 (stride) -> BN -> ReLU -> 3x3 -> BN, + shortcut, ReLU."""
+    width: int
+    stride: int = 1
+    downsample: bool = False
+    use_running_average: bool = True
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        y = _conv(self.width, 3, self.stride, "conv1", self.precision)(x)
+        y = nn.relu(_bn(self.use_running_average, "bn1")(y))
+        y = _conv(self.width, 3, 1, "conv2", self.precision)(y)
+        y = _bn(self.use_running_average, "bn2")(y)
+        if self.downsample:
+            x = _conv(self.width, 1, self.stride, "downsample_conv", self.precision)(x)
+            x = _bn(self.use_running_average, "downsample_bn")(x)
+        return nn.relu(x + y)
+
+
+class Bottleneck(nn.Module):
+    """torchvision Bottleneck (v1.5): 1x1 -> 3x3 (stride) -> 1x1 (4x width), BN after each, + shortcut."""
+    width: int
+    stride: int = 1
+    downsample: bool = False
+    use_running_average: bool = True
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        y = _conv(self.width, 1, 1, "conv1", self.precision)(x)
+        y = nn.relu(_bn(self.use_running_average, "bn1")(y))
+        y = _conv(self.width, 3, self.stride, "conv2", self.precision)(y)
+        y = nn.relu(_bn(self.use_running_average, "bn2")(y))
+        y = _conv(self.width * 4, 1, 1, "conv3", self.precision)(y)
+        y = _bn(self.use_running_average, "bn3")(y)
+        if self.downsample:
+            x = _conv(self.width * 4, 1, self.stride, "downsample_conv", self.precision)(x)
+            x = _bn(self.use_running_average, "downsample_bn")(x)
+        return nn.relu(x + y)
+
+
+def max_pool_3x3_s2(x):
+    """torch MaxPool2d(3, 2, padding=1): flax pads max_pool with -inf, so the pad never wins. (B,H,W,C)."""
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def global_pool_features(x):
+    """Global average pool (B, H, W, C) -> (B, C): the perceptual descriptor F of SPEC §6.4."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+class ResNet(nn.Module):
+    """ResNet v1.5 (torchvision layout) truncated after `last_layer`.
+
+    Attributes:
+      depth: 18, 34, 50, 101 or 152.
+      last_layer: 'stem' | 'layer1' | 'layer2' | 'layer3' | 'layer4'.
+      width: stem width; layer widths are width * (1, 2, 4, 8) (64 = torchvision; smaller for CPU demos).
+      update_batch_stats: BatchNorm uses (and updates) batch statistics iff this AND `train` are true. SPEC §2
+        freezes the encoder's running statistics during weak training, hence the default False.
+      precision: conv precision (None = backend default; 'highest' for parity on accelerators).
+    """
+    depth: int = 101
+    last_layer: str = "layer3"
+    width: int = 64
+    update_batch_stats: bool = False
+    precision: Any = None
+
+    def _check_config(self):
+        if self.depth not in RESNET_CONFIGS:
+            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_CONFIGS)}, got {self.depth}")
+        if self.last_layer not in LAYER_NAMES:
+            raise ValueError(f"ResNet last_layer must be one of {LAYER_NAMES}, got {self.last_layer!r}")
+
+    @nn.compact
+    def __call__(self, x, train: bool = False) -> dict:
+        """x: (B, H, W, 3) normalised images -> dict of (B, h, w, c) activations (see module docstring)."""
+        self._check_config()
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"ResNet expects images (B, H, W, 3), got shape {x.shape}")
+        use_running_average = not (train and self.update_batch_stats)
+        kind, blocks = RESNET_CONFIGS[self.depth]
+        block_cls = BasicBlock if kind == "basic" else Bottleneck
+        expansion = block_expansion(self.depth)
+
+        x = _conv(self.width, 7, 2, "conv1", self.precision)(x)
+        x = nn.relu(_bn(use_running_average, "bn1")(x))
+        out = {"stem": x}
+        last = LAYER_NAMES.index(self.last_layer)
+        if last > 0:
+            x = max_pool_3x3_s2(x)
+        in_channels = self.width
+        for level in range(1, last + 1):
+            layer_width = self.width * 2 ** (level - 1)
+            for i in range(blocks[level - 1]):
+                stride = 2 if (i == 0 and level > 1) else 1
+                downsample = i == 0 and (stride != 1 or in_channels != layer_width * expansion)
+                x = block_cls(layer_width, stride, downsample, use_running_average, self.precision,
+                              name=f"layer{level}_{i}")(x)
+                in_channels = layer_width * expansion
+            out[f"layer{level}"] = x
+        out["features"] = x
+        return out

@@ -1,0 +1,374 @@
+"""`macosnet-predict`: match and co-segment the user's own images, and draw the result.
+
+Pair mode:
+    macosnet-predict A.jpg B.png --checkpoint weakalign.pth.tar --layout weakalign --out results/
+    macosnet-predict A.jpg B.png --random-init --depth 18 --width 8 --last-layer layer2 --image-size 64 \
+        --regression-kernels 3,3 --out r/      (an untrained model: for testing the pipeline)
+  writes into --out:
+    warped_source.png    A warped into B's frame at B's size (B's pixel q shows A at Aff(TPS(q)))
+    match.png            A, B, warped A, blend of warped A and B (+ both mask overlays when the model has masks)
+    mask_a.png, mask_b.png, mask_overlay_a.png, mask_overlay_b.png   (models with a co-segmentation decoder only:
+                         0/255 masks at each image's size, and the tinted overlays)
+    keypoints.png        with --points: B's points and where they land in A
+    result.json          theta_aff, theta_tps, image sizes, B's points and their transfer into A (1-indexed pixels)
+  --points: B's points as JSON ([[x, y], ...] or {"points": [[x, y], ...]}) or CSV (one "x,y" per line, an
+  optional header line), 1-indexed pixel coordinates of image B.
+
+Collection mode (a folder of images of one category):
+    macosnet-predict --collection photos/ --checkpoint ... --out results/ [--partners 5]
+  writes masks/<stem>.png (0/255 at each image's size), overlays/<stem>.png, contact_sheet.png, collection.json.
+  Each image's mask is the mean of its sigma(M) over partner images of the folder (evaluate.collection_masks).
+
+Image reading rule (any size and file format Pillow reads; pixels are taken as stored, EXIF rotation is not
+applied, so point coordinates refer to the file's pixel grid): 8-bit RGB as is; grey, palette, CMYK, YCbCr
+converted to RGB (grey replicated); images with transparency (RGBA, LA, palette with transparency) composited
+over white; 16-bit integer images (PNG 'I;16', 'I') scaled to 0..255 by v / 257 (rounded) so full range maps to
+full range; float images ('F') taken as 0..1 if their maximum is <= 1 (then x 255), else clipped to 0..255.
+A missing or unreadable file stops the command with an error that names it.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+PROG = "macosnet-predict"
+
+
+class CliError(Exception):
+    """A problem with the user's input (paths, files, arguments): reported as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading inputs.
+
+
+def _to_rgb_uint8(image, path):
+    """A Pillow image -> uint8 (H, W, 3) by the rule in the module docstring."""
+    from PIL import Image  # noqa: PLC0415
+
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        grey = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = np.where(np.isfinite(values), values, 0.0)
+        if values.size and values.max() <= 1.0:
+            values = values * 255.0
+        grey = np.clip(np.round(values), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), np.uint8)
+    return np.asarray(image.convert("RGB"), np.uint8)
+
+
+def load_image(path):
+    """Reads an image file -> uint8 (H, W, 3) RGB. Raises CliError naming the file if it is missing or unreadable."""
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise CliError(f"image file not found: {path}")
+    if not path.is_file():
+        raise CliError(f"not an image file (is it a folder?): {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            array = _to_rgb_uint8(image, path)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise CliError(f"cannot read image {path}: {error}") from error
+    if array.ndim != 3 or array.shape[0] < 2 or array.shape[1] < 2:
+        raise CliError(f"image {path} is too small or malformed: decoded shape {array.shape}")
+    return array
+
+
+def load_points(path):
+    """B's points from a JSON or CSV file -> (P, 2) float64 xy 1-indexed pixels (see the module docstring)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CliError(f"points file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+            rows = data["points"] if isinstance(data, dict) else data
+        else:
+            rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+            if rows and not _is_number(rows[0][0]):
+                rows = rows[1:]  # header
+            rows = [[float(c) for c in r[:2]] for r in rows]
+        points = np.asarray(rows, np.float64)
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
+        raise CliError(f"cannot read points from {path}: {error}") from error
+    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] == 0:
+        raise CliError(f"points file {path} must hold a non-empty list of [x, y] pairs; got shape {points.shape}")
+    return points
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def list_collection(folder):
+    """Sorted image files of a folder (by extension); CliError if it is missing or holds none."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise CliError(f"collection folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise CliError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in collection folder {folder}")
+    stems = [p.stem for p in files]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:  # outputs are named by stem: two files would write the same mask
+        raise CliError(f"collection folder {folder} has several images named {', '.join(duplicates)} "
+                       "(different extensions); rename them")
+    return files
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The model.
+
+
+def random_variables(model, seed, image_size):
+    """Random variables of `model`'s shapes, drawn with numpy (for testing the pipeline without weights).
+
+    model: a MatchingModel or MaCoSNet (any module called as model.init(rng, image_a, image_b, train=False) on
+    (1, image_size, image_size, 3) images).
+
+    Why not `model.init`: compiling Flax's init graph (threefry draws for every kernel) takes minutes on a small,
+    busy CPU, far more than the forward pass; only the shapes are needed (`jax.eval_shape`). Kernels are
+    He-normal (fan-in), biases 0, BatchNorm at identity (scale 1, bias 0, mean 0, var 1); the regression heads'
+    final layers get the identity transform as bias and a 1e-3-scaled kernel, so the untrained matcher predicts
+    warps near the identity (as `init_identity=True` does). Deterministic in `seed`.
+    """
+    import flax  # noqa: PLC0415
+    import jax  # noqa: PLC0415
+
+    from macosnet_jax.models import regression  # noqa: PLC0415
+
+    images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
+    shapes = jax.eval_shape(lambda a, b: model.init(jax.random.PRNGKey(0), a, b, train=False), images, images)
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for path, leaf in sorted(flax.traverse_util.flatten_dict(shapes).items()):
+        name, shape = path[-1], tuple(leaf.shape)
+        fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+        if name == "kernel":
+            scale = 1e-3 if "linear" in path else 1.0
+            value = rng.normal(size=shape) * scale * np.sqrt(2.0 / fan_in)
+        elif name == "bias" and "linear" in path:
+            value = regression.identity_theta(shape[0])
+        elif name in ("scale", "var"):
+            value = np.ones(shape)
+        else:  # biases, BatchNorm offsets and means
+            value = np.zeros(shape)
+        flat[path] = np.asarray(value, leaf.dtype)
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def build_matcher(args):
+    """A predict.Matcher from --checkpoint/--layout, or a random MatchingModel (--random-init, see
+    `random_variables`)."""
+    from macosnet_jax import predict  # noqa: PLC0415 (heavy: JAX, Flax)
+
+    if args.checkpoint:
+        if not os.path.isfile(args.checkpoint):
+            raise CliError(f"checkpoint file not found: {args.checkpoint}")
+        return predict.Matcher.from_checkpoint(args.checkpoint, layout=args.layout, image_size=args.image_size)
+    from macosnet_jax.models import macosnet, matching  # noqa: PLC0415
+
+    config = dict(depth=args.depth, last_layer=args.last_layer, width=args.width, image_size=args.image_size,
+                  regression_channels=args.regression_channels, regression_kernels=args.regression_kernels)
+    if args.model == "macosnet":
+        model = macosnet.build_macosnet(**config)
+        variables = random_variables(model, args.seed, args.image_size)
+        return predict.Matcher(model, variables, args.image_size)
+    model = matching.MatchingModel(**config)
+    return predict.Matcher(model, random_variables(model, args.seed, args.image_size), args.image_size)
+
+
+def model_description(args):
+    if args.checkpoint:
+        return {"checkpoint": os.fspath(args.checkpoint), "layout": args.layout, "image_size": args.image_size}
+    return {"random_init": True, "model": args.model, "seed": args.seed, "depth": args.depth, "width": args.width,
+            "last_layer": args.last_layer, "image_size": args.image_size,
+            "regression_channels": list(args.regression_channels), "regression_kernels": list(args.regression_kernels)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The two modes.
+
+
+def _list(array):
+    return None if array is None else np.asarray(array, np.float64).tolist()
+
+
+def run_pair(matcher, args, out):
+    """Pair mode: match A and B, write the pictures and result.json; returns the dict written to result.json."""
+    from macosnet_jax import evaluate, visualize  # noqa: PLC0415
+
+    image_a, image_b = load_image(args.image_a), load_image(args.image_b)
+    points_b = load_points(args.points) if args.points else None
+    prediction = matcher.match(image_a, image_b)
+    theta_aff = np.asarray(prediction["theta_aff"], np.float32)
+    theta_tps = np.asarray(prediction["theta_tps"], np.float32)
+    mask_a, mask_b = prediction.get("mask_a"), prediction.get("mask_b")
+
+    warped = visualize.warp_source(image_a, theta_aff, theta_tps, image_b.shape[:2])
+    files = {"warped_source": visualize.save_image(warped, out / "warped_source.png")}
+    files["match"] = visualize.save_figure(visualize.match_figure(image_a, image_b, warped, mask_a, mask_b),
+                                           out / "match.png")
+    for side, image, mask, color in (("a", image_a, mask_a, visualize.MASK_COLOR_A),
+                                     ("b", image_b, mask_b, visualize.MASK_COLOR_B)):
+        if mask is None:
+            continue
+        fg = visualize.foreground(mask, *image.shape[:2])
+        evaluate.save_mask_png(out / f"mask_{side}.png", fg)
+        files[f"mask_{side}"] = out / f"mask_{side}.png"
+        files[f"mask_overlay_{side}"] = visualize.save_image(visualize.overlay_mask(image, mask, color),
+                                                            out / f"mask_overlay_{side}.png")
+    points_a = None
+    if points_b is not None:
+        points_a = evaluate.transfer_points(points_b, theta_aff, theta_tps, image_a.shape[:2], image_b.shape[:2])
+        files["keypoints"] = visualize.save_figure(visualize.keypoint_figure(image_a, image_b, points_b, points_a),
+                                                   out / "keypoints.png")
+    result = {
+        "image_a": os.fspath(args.image_a), "image_b": os.fspath(args.image_b),
+        "size_a": list(image_a.shape[:2]), "size_b": list(image_b.shape[:2]),
+        "theta_aff": _list(theta_aff), "theta_tps": _list(theta_tps),
+        "map": "sampling map B -> A: a point p of B (normalised, corner-aligned) lands at Aff(TPS(p)) in A",
+        "points_b": _list(points_b), "points_a": _list(points_a),
+        "points_convention": "(x, y) 1-indexed pixel coordinates",
+        "has_masks": mask_a is not None,
+        "model": model_description(args),
+        "files": {k: os.fspath(v.name) for k, v in files.items()},
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def run_collection(matcher, args, out):
+    """Collection mode: a mask per image aggregated over partners, overlays, a contact sheet, collection.json."""
+    from macosnet_jax import evaluate, visualize  # noqa: PLC0415
+
+    files = list_collection(args.collection)
+    images = [load_image(p) for p in files]
+    probabilities = evaluate.collection_masks(images, matcher.match, partners=args.partners)
+    if probabilities and probabilities[0] is None:
+        raise CliError("this model has no co-segmentation decoder (it predicts no masks); collection mode needs one")
+    masks = []
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for path, image, probability in zip(files, images, probabilities):
+        fg = visualize.foreground(probability, *image.shape[:2])
+        evaluate.save_mask_png(out / "masks" / f"{path.stem}.png", fg)
+        visualize.save_image(visualize.overlay_mask(image, probability), out / "overlays" / f"{path.stem}.png")
+        masks.append({"image": path.name, "mask": f"masks/{path.stem}.png", "foreground_fraction": float(fg.mean())})
+    sheet = visualize.contact_sheet(images, probabilities, titles=[p.stem for p in files])
+    visualize.save_figure(sheet, out / "contact_sheet.png")
+    result = {"folder": os.fspath(args.collection), "partners": args.partners,
+              "aggregation": "each image's sigma(M) averaged over the cyclic partner pairs {i, i+k}, k = 1..partners",
+              "images": masks, "model": model_description(args)}
+    (out / "collection.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entry points.
+
+
+def _int_tuple(text):
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("image_a", nargs="?", help="source image A (the image B's points are transferred into)")
+    parser.add_argument("image_b", nargs="?", help="target image B")
+    parser.add_argument("--collection", help="folder of images of one category (collection mode)")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    parser.add_argument("--checkpoint", help="torch checkpoint (.pth / .pth.tar) to load")
+    parser.add_argument("--layout", default="weakalign", help="checkpoint layout: weakalign | cnngeo")
+    parser.add_argument("--random-init", action="store_true", help="random MatchingModel instead of a checkpoint "
+                        "(for testing the pipeline)")
+    parser.add_argument("--model", choices=("matching", "macosnet"), default="macosnet",
+                        help="--random-init: MatchingModel (no masks) or the joint MaCoSNet (matching + masks)")
+    parser.add_argument("--depth", type=int, default=18, help="--random-init: ResNet depth")
+    parser.add_argument("--width", type=int, default=64, help="--random-init: ResNet base width")
+    parser.add_argument("--last-layer", default="layer3", help="--random-init: last ResNet layer")
+    parser.add_argument("--seed", type=int, default=0, help="--random-init: PRNG seed")
+    parser.add_argument("--regression-channels", type=_int_tuple, default=(128, 64),
+                        help="--random-init: FeatureRegression conv channels, e.g. 128,64")
+    parser.add_argument("--regression-kernels", type=_int_tuple, default=(7, 5),
+                        help="--random-init: FeatureRegression kernel sizes, e.g. 7,5 (they must fit the feature grid)")
+    parser.add_argument("--image-size", type=int, default=240, help="network input size S")
+    parser.add_argument("--points", help="JSON/CSV file of B's points (x, y), 1-indexed pixels")
+    parser.add_argument("--partners", type=int, default=5, help="collection mode: partner offsets per image")
+    args = parser.parse_args(argv)
+    if args.collection and (args.image_a or args.image_b):
+        parser.error("give either two images or --collection, not both")
+    if not args.collection and not (args.image_a and args.image_b):
+        parser.error("give two images (A B) or --collection FOLDER")
+    if bool(args.checkpoint) == bool(args.random_init):
+        parser.error("give exactly one of --checkpoint PATH or --random-init")
+    if args.collection and args.points:
+        parser.error("--points applies to pair mode only")
+    if args.partners < 1:
+        parser.error("--partners must be >= 1")
+    return args
+
+
+def main(argv=None):
+    """Runs the command; returns the exit status (0 ok, 2 bad input). argv excludes the program name."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    out = pathlib.Path(args.out)
+    try:
+        # Check every input before the (slow) model build, so a typo fails fast.
+        if args.collection:
+            list_collection(args.collection)
+        else:
+            for path in (args.image_a, args.image_b):
+                load_image(path)
+            if args.points:
+                load_points(args.points)
+        matcher = build_matcher(args)
+        out.mkdir(parents=True, exist_ok=True)
+        if args.collection:
+            result = run_collection(matcher, args, out)
+            print(f"{PROG}: wrote {len(result['images'])} masks and contact_sheet.png to {out}")
+        else:
+            result = run_pair(matcher, args, out)
+            print(f"{PROG}: wrote {', '.join(sorted(result['files'].values()))} and result.json to {out}")
+    except CliError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run():
+    """Console-script entry point (pyproject: macosnet-predict = macosnet_jax.predict_cli:run)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

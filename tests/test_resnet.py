@@ -1,0 +1,109 @@
+"""ResNet encoder: parity with the torchvision-layout reference (resnet_small.npz), shapes, BN modes, key layout."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_fixture
+
+from macosnet_jax import weights
+from macosnet_jax.models import resnet
+
+
+def _nhwc(x):
+    return np.transpose(x, (0, 2, 3, 1))
+
+
+@pytest.fixture(scope="module")
+def resnet_small():
+    return load_fixture("resnet_small")
+
+
+def test_resnet_small_parity(resnet_small):
+    ref = resnet_small
+    state = {k: v for k, v in ref.items() if "." in k}
+    model, variables = weights.convert_torch_checkpoint(state, "torchvision_resnet")
+    assert (model.depth, model.last_layer, model.width) == (101, "layer2", 64)  # 50 and 101 share layer1-2
+    out = jax.jit(model.apply)(variables, jnp.asarray(_nhwc(ref["input"])))
+    maxpool = resnet.max_pool_3x3_s2(out["stem"])
+    for name, got in (("stem_out", out["stem"]), ("maxpool_out", maxpool), ("layer1_out", out["layer1"]),
+                      ("layer2_out", out["layer2"])):
+        want = _nhwc(ref[name])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max(), err_msg=name)
+    np.testing.assert_array_equal(out["features"], out["layer2"])
+
+
+def test_maxpool_pads_with_minus_infinity():
+    # All-negative input: a zero pad would win the max at the border; torch pads with -inf.
+    x = -1.0 - jnp.arange(2 * 5 * 7, dtype=jnp.float32).reshape(1, 5, 7, 2)
+    got = np.asarray(resnet.max_pool_3x3_s2(x))
+    xp = np.pad(np.asarray(x), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    want = np.stack([np.stack([xp[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(1, 2)) for j in range(4)], 1)
+                     for i in range(3)], 1)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("depth,last_layer,width,channels", [
+    (18, "layer3", 8, 32), (34, "layer2", 8, 16), (50, "layer4", 4, 128), (18, "stem", 8, 8)])
+def test_shapes_and_channels(depth, last_layer, width, channels):
+    model = resnet.ResNet(depth=depth, last_layer=last_layer, width=width)
+    x = jnp.zeros((2, 32, 32, 3))
+    shapes = jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x))[0]
+    strides = {"stem": 2, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+    levels = resnet.LAYER_NAMES[:resnet.LAYER_NAMES.index(last_layer) + 1]
+    assert set(shapes) == set(levels) | {"features"}
+    for level in levels:
+        assert shapes[level].shape[1:3] == (32 // strides[level],) * 2
+    assert shapes["features"].shape[-1] == channels == resnet.output_channels(depth, last_layer, width)
+
+
+def test_torchvision_key_layout_resnet101_and_50(fixtures_dir):
+    """Our variables correspond one to one to torchvision's state_dict (fc and num_batches_tracked aside)."""
+    text = (fixtures_dir / "torchvision_resnet_keys.txt").read_text().splitlines()
+    tables, current = {}, None
+    for line in text:
+        if line.startswith("## "):
+            current = line.split()[1]
+            tables[current] = {}
+        elif current and line and not line.startswith("#"):
+            name, shape, _ = line.split("\t")
+            tables[current][name] = tuple(int(s) for s in shape.split(",")) if shape else ()
+    for arch, depth in (("resnet101", 101), ("resnet50", 50)):
+        # Zero-size stand-ins with the right shapes: conversion checks names and shapes only.
+        state = {k: np.zeros(s, np.int64 if k.endswith("num_batches_tracked") else np.float32)
+                 for k, s in tables[arch].items()}
+        assert weights.infer_resnet_config(state) == (depth, "layer4", 64)
+        model, variables = weights.convert_torch_checkpoint(state, "torchvision_resnet")
+        n_params = sum(v.size for v in jax.tree_util.tree_leaves(variables["params"]))
+        n_torch = sum(np.prod(s) for k, s in tables[arch].items()
+                      if not k.startswith("fc.") and not k.endswith(("running_mean", "running_var",
+                                                                     "num_batches_tracked")))
+        assert n_params == n_torch
+        # Truncation drops later layers on purpose.
+        _, trunc = weights.convert_torch_checkpoint(state, "torchvision_resnet", last_layer="layer3")
+        assert "layer4_0" not in trunc["params"] and "layer3_0" in trunc["params"]
+
+
+def test_batch_norm_modes():
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+    frozen = resnet.ResNet(depth=18, last_layer="layer1", width=8)
+    variables = jax.jit(frozen.init)(jax.random.key(0, impl="rbg"), x)  # rbg: threefry compiles slowly on CPU
+    a = jax.jit(lambda v: frozen.apply(v, x, train=True))(variables)["features"]  # frozen BN: train == eval
+    b = jax.jit(lambda v: frozen.apply(v, x, train=False))(variables)["features"]
+    np.testing.assert_array_equal(a, b)
+    live = resnet.ResNet(depth=18, last_layer="layer1", width=8, update_batch_stats=True)
+    out, state = jax.jit(lambda v: live.apply(v, x, train=True, mutable=["batch_stats", "intermediates"],
+                                              capture_intermediates=True))(variables)
+    assert not np.allclose(out["features"], b)
+    # torch momentum 0.1: new running mean = 0.9 * old (0) + 0.1 * batch mean.
+    batch_mean = np.asarray(state["intermediates"]["conv1"]["__call__"][0]).mean((0, 1, 2))
+    np.testing.assert_allclose(state["batch_stats"]["bn1"]["mean"], 0.1 * batch_mean, rtol=1e-4, atol=1e-6)
+
+
+def test_global_pool_and_bad_input():
+    x = jnp.arange(24.0).reshape(1, 2, 4, 3)
+    np.testing.assert_allclose(resnet.global_pool_features(x), x.mean((1, 2)))
+    model = resnet.ResNet(depth=18, last_layer="layer1", width=8)
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32)))
+    with pytest.raises(ValueError, match="depth"):
+        resnet.ResNet(depth=20).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
