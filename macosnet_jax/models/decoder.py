@@ -1,0 +1,178 @@
+"""Co-segmentation decoder D of MaCoSNet (SPEC §5) and the import of its PyTorch weights.
+
+The decoder turns, for one image, the concatenation of its raw last-layer encoder features and the
+normalised correlation that lies on its own grid (for A: C_BA) into mask logits at the input resolution.
+It is a chain of stride-2 transposed convolutions (kernel 3, PyTorch padding 1 / output_padding 1, so each
+exactly doubles the size), no bias, BatchNorm + ReLU after all but the last, with encoder skips ADDED (not
+concatenated) before each following transposed conv:
+
+    ResNet cut at layer3 (stride 16, the paper):  deconv1 -> +layer2 -> deconv2 -> +layer1 -> deconv3
+                                                  -> +stem -> deconv4 -> logits (S x S)
+
+How the depth adapts to the cut layer: the skips are the encoder outputs *above* the cut, from the deepest
+to the shallowest (`decoder_skip_names`): layer3 -> (layer2, layer1, stem); layer2 -> (layer1, stem);
+layer1 -> (stem,); layer4 -> (layer3, layer2, layer1, stem). The stem output (before max-pool) has stride 2
+and every later layer doubles the stride (the max-pool halves between stem and layer1), so the cut layer has
+stride 2^(len(skips)+1) and `len(skips) + 1` doublings bring it back to the input size. Each stage's width
+equals the channel count of the skip it is added to (`decoder_widths`), so thin ResNets work too; the last
+stage has one output channel.
+
+Initialisation (reference): every 3x3 kernel slice is the bilinear-upsampling kernel
+outer([.5, 1, .5], [.5, 1, .5]) / C_in, so at init each stage upsamples the channel mean bilinearly.
+
+Kernel layout: the Flax parameter `kernel` (3, 3, C_in, C_out) is the kernel of the equivalent lhs-dilated
+*correlation* (what `lax.conv_general_dilated` computes). A PyTorch ConvTranspose2d weight (C_in, C_out, kh,
+kw) is the scatter kernel; the two differ by a spatial flip, which `decoder_variables_from_torch` applies.
+The model code never flips anything.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Encoder outputs, shallowest first; the stem is the ReLU output before the max-pool.
+_ENCODER_LEVELS = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+def decoder_skip_names(last_layer: str) -> tuple[str, ...]:
+    """Skip names added after each upsampling stage, deepest first, for an encoder cut at `last_layer`."""
+    if last_layer not in _ENCODER_LEVELS[1:]:
+        raise ValueError(f"decoder: last_layer must be one of {_ENCODER_LEVELS[1:]}, got {last_layer!r}")
+    return tuple(reversed(_ENCODER_LEVELS[: _ENCODER_LEVELS.index(last_layer)]))
+
+
+def encoder_channels(depth: int, width: int = 64) -> dict[str, int]:
+    """Channel counts of the torchvision-layout ResNet outputs ('stem', 'layer1'..'layer4').
+
+    Basic blocks (depth 18, 34) keep width·2^(i-1) channels in layer i; bottlenecks (50, 101, 152) expand 4x.
+    """
+    if depth in (18, 34):
+        expansion = 1
+    elif depth in (50, 101, 152):
+        expansion = 4
+    else:
+        raise ValueError(f"decoder: unsupported ResNet depth {depth}; expected 18, 34, 50, 101 or 152")
+    channels = {"stem": width}
+    for i in range(1, 5):
+        channels[f"layer{i}"] = width * expansion * 2 ** (i - 1)
+    return channels
+
+
+def decoder_widths(depth: int, last_layer: str, width: int = 64) -> tuple[int, ...]:
+    """Output widths of the upsampling stages before the last: the channels of the skips they meet."""
+    channels = encoder_channels(depth, width)
+    return tuple(channels[name] for name in decoder_skip_names(last_layer))
+
+
+def bilinear_kernel_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    """Every 3x3 slice = outer([.5, 1, .5], [.5, 1, .5]) / C_in; shape (3, 3, C_in, C_out). `key` unused."""
+    del key
+    kh, kw, c_in, c_out = shape
+    if (kh, kw) != (3, 3):
+        raise ValueError(f"bilinear_kernel_init: expected a 3x3 kernel, got {kh}x{kw}")
+    tap = np.array([0.5, 1.0, 0.5])
+    kernel = np.outer(tap, tap) / c_in
+    return jnp.asarray(np.broadcast_to(kernel[:, :, None, None], (3, 3, c_in, c_out)), dtype)
+
+
+def conv_transpose_2x(x: jax.Array, kernel: jax.Array, precision: Any = None) -> jax.Array:
+    """Stride-2 transposed conv with torch padding 1 / output_padding 1: (B, h, w, Ci) -> (B, 2h, 2w, Co).
+
+    Written as the equivalent correlation over the input dilated by 2 (zeros between samples), padded by
+    k-1-p = 1 before and k-1-p+output_padding = 2 after; `kernel` (3, 3, Ci, Co) is that correlation's kernel.
+    """
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding=((1, 2), (1, 2)), lhs_dilation=(2, 2),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+
+
+class ConvTranspose2x(nn.Module):
+    """One stride-2, kernel-3 transposed conv without bias, bilinear-initialised (see module docstring)."""
+    features: int
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", bilinear_kernel_init, (3, 3, x.shape[-1], self.features))
+        return conv_transpose_2x(x, kernel.astype(x.dtype), self.precision)
+
+
+class CosegDecoder(nn.Module):
+    """Mask logits from [raw last-layer features, correlation on the image's own grid] plus encoder skips.
+
+    Fields:
+      widths: output channels of every stage but the last, one per skip (default: ResNet-101 cut at layer3).
+      skips: encoder output names added after each stage, deepest first (`decoder_skip_names(last_layer)`).
+      bn_momentum, bn_epsilon: BatchNorm (torch momentum 0.1 == Flax momentum 0.9; eps 1e-5).
+      precision: passed to the convolutions (None: backend default; 'highest' for parity on accelerators).
+    Submodule names follow the reference (`deconv1..N`, `bn1..N-1`) so torch weights map one to one.
+    """
+    widths: Sequence[int] = (512, 256, 64)
+    skips: Sequence[str] = ("layer2", "layer1", "stem")
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, features: jax.Array, corr: jax.Array, skip_features: Mapping[str, jax.Array],
+                 train: bool) -> jax.Array:
+        """features (B, h, w, C) raw, corr (B, h, w, h·w) normalised on this image's grid,
+        skip_features[name] (B, h·2^i, w·2^i, widths[i-1]) for the i-th skip -> logits (B, h·2^n, w·2^n, 1),
+        n = len(skips) + 1. BatchNorm uses batch statistics when `train` (the decoder trains from scratch).
+        """
+        if len(self.widths) != len(self.skips):
+            raise ValueError(f"CosegDecoder: {len(self.widths)} widths for {len(self.skips)} skips "
+                             f"({self.skips}); give one width per skip")
+        if features.shape[:3] != corr.shape[:3]:
+            raise ValueError(f"CosegDecoder: features {features.shape} and correlation {corr.shape} must share "
+                             "(batch, h, w)")
+        x = jnp.concatenate([features, corr], axis=-1)
+        for i, (name, width) in enumerate(zip(self.skips, self.widths), start=1):
+            x = ConvTranspose2x(width, self.precision, name=f"deconv{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                             epsilon=self.bn_epsilon, name=f"bn{i}")(x)
+            x = nn.relu(x)
+            if name not in skip_features:
+                raise KeyError(f"CosegDecoder: missing skip {name!r}; got {sorted(skip_features)}")
+            skip = skip_features[name]
+            if skip.shape != x.shape:
+                raise ValueError(f"CosegDecoder: skip {name!r} has shape {skip.shape}, the decoder stage {i} "
+                                 f"gives {x.shape}; set widths/skips to the encoder's (decoder_widths)")
+            x = x + skip
+        return ConvTranspose2x(1, self.precision, name=f"deconv{len(self.skips) + 1}")(x)
+
+
+def decoder_variables_from_torch(state_dict: Mapping[str, Any], prefix: str = "Decoder.",
+                                 num_stages: int = 4) -> dict:
+    """Flax variables {'params', 'batch_stats'} of `CosegDecoder` from the reference's torch Decoder weights.
+
+    state_dict: name -> array-like (numpy or torch tensors converted by the caller), keys
+      `{prefix}deconv{i}.weight` (C_in, C_out, 3, 3) for i = 1..num_stages and
+      `{prefix}bn{i}.{weight,bias,running_mean,running_var}` for i = 1..num_stages-1.
+    The ConvTranspose weight becomes (3, 3, C_in, C_out) with both spatial axes flipped (scatter kernel ->
+    correlation kernel of the lhs-dilated conv).
+    """
+    def get(key: str) -> np.ndarray:
+        full = prefix + key
+        if full not in state_dict:
+            raise KeyError(f"decoder weights: missing {full!r} (have {len(state_dict)} keys, e.g. "
+                           f"{sorted(state_dict)[:3]})")
+        return np.asarray(state_dict[full], dtype=np.float32)
+
+    params: dict = {}
+    stats: dict = {}
+    for i in range(1, num_stages + 1):
+        w = get(f"deconv{i}.weight")
+        if w.ndim != 4 or w.shape[2:] != (3, 3):
+            raise ValueError(f"decoder weights: {prefix}deconv{i}.weight has shape {w.shape}, expected "
+                             "(C_in, C_out, 3, 3)")
+        params[f"deconv{i}"] = {"kernel": jnp.asarray(w.transpose(2, 3, 0, 1)[::-1, ::-1])}
+        if i < num_stages:
+            params[f"bn{i}"] = {"scale": jnp.asarray(get(f"bn{i}.weight")), "bias": jnp.asarray(get(f"bn{i}.bias"))}
+            stats[f"bn{i}"] = {"mean": jnp.asarray(get(f"bn{i}.running_mean")),
+                               "var": jnp.asarray(get(f"bn{i}.running_var"))}
+    return {"params": params, "batch_stats": stats}

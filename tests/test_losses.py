@@ -1,0 +1,317 @@
+"""Tests of macosnet_jax.losses: parity with the reference fixtures (inlier score, cycle loss) and the
+properties of every term (closed forms, zero at consistency, hinge, minimality, finiteness, one compile)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_fixture
+from macosnet_jax import correlation, geometry, losses
+
+
+@pytest.fixture(scope="module")
+def inlier():
+    d = load_fixture("inlier_loss")
+    d["corr_nhwc"] = d["corr"].transpose(0, 2, 3, 1)
+    return d
+
+
+def _rel(a, b):
+    return np.abs(np.asarray(a) - b).max() / np.abs(b).max()
+
+
+# ------------------------------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("normalize,suffix", [(True, ""), (False, "_unnormalized")])
+def test_inlier_scores_match_reference(inlier, normalize, suffix):
+    corr, aff, tps = inlier["corr_nhwc"], inlier["theta_aff"], inlier["theta_tps"]
+    score_aff = jax.jit(jax.vmap(lambda c, a: losses.inlier_score(c, a, normalize=normalize)))(corr, aff)
+    score_comp = jax.jit(jax.vmap(lambda c, a, t: losses.inlier_score(c, a, t, normalize=normalize)))(corr, aff, tps)
+    assert _rel(score_aff, inlier["score_aff" + suffix]) < 1e-4
+    assert _rel(score_comp, inlier["score_comp" + suffix]) < 1e-4
+
+
+def test_matching_loss_one_direction_is_weakalign_loss(inlier):
+    loss = jax.jit(jax.vmap(losses.matching_loss))(inlier["corr_nhwc"], inlier["theta_aff"], inlier["theta_tps"])
+    np.testing.assert_allclose(np.mean(loss), inlier["loss"], rtol=1e-4)
+
+
+def test_inlier_masks_and_grids_match_reference(inlier):
+    aff, tps = inlier["theta_aff"], inlier["theta_tps"]
+    grid_aff = jax.vmap(lambda a: losses.inlier_sampling_grid(a, None, 15, 15))(aff)
+    np.testing.assert_allclose(grid_aff, inlier["affine_grid_15_offset"], atol=1e-5)
+    grid_tps = jax.vmap(lambda t: geometry.tps_grid(t, 15, 15, 0.2, losses.OFFSET_FACTOR))(tps)
+    np.testing.assert_allclose(grid_tps, inlier["tps_grid_15_offset_reg02"], atol=5e-5)
+    grid_comp = jax.vmap(lambda a, t: losses.inlier_sampling_grid(a, t, 15, 15))(aff, tps)
+    ref = inlier["composed_grid_15"]
+    usable = np.all(np.abs(ref) <= 1.5, axis=-1)
+    assert usable.sum() > 100
+    np.testing.assert_allclose(np.asarray(grid_comp)[usable], ref[usable], atol=5e-5)
+    # Unusable reference cells (-1e10 markers, garbage) must also be unusable here.
+    assert np.all(np.asarray(grid_comp)[~usable] == geometry.INVALID_COORDINATE)
+    for grid, key in ((grid_aff, "warped_mask_aff"), (grid_comp, "warped_mask_comp")):
+        mask = jax.vmap(losses.inlier_mask)(grid)
+        np.testing.assert_allclose(np.asarray(mask).transpose(0, 3, 1, 2), inlier[key], atol=1e-5)
+    identity_mask = losses.inlier_mask(geometry.base_grid(15, 15))
+    np.testing.assert_allclose(np.asarray(identity_mask).transpose(2, 0, 1), inlier["mask_id"][0], atol=1e-6)
+
+
+def test_identity_affine_score_matches_reference(inlier):
+    score = losses.inlier_score(inlier["corr_nhwc"][0], geometry.IDENTITY_AFFINE)
+    np.testing.assert_allclose(score, inlier["identity_score_aff"][0], rtol=1e-4)
+
+
+def test_macosnet_segmask_variant_as_documented(inlier):
+    """The released seg-mask score: per-cell scores S weighted by g = max_k corr (fg_weight='maxcorr')."""
+    corr, aff, tps = inlier["corr_nhwc"], inlier["theta_aff"], inlier["theta_tps"]
+    g = jax.vmap(lambda c: losses.foreground_weight("maxcorr", c))(corr)
+    np.testing.assert_allclose(g, inlier["macosnet_seg_mask"][:, 0], rtol=1e-6)
+    for theta_tps, key in ((None, "aff"), (tps, "comp")):
+        cells = jax.vmap(lambda c, a, t: losses.inlier_cell_scores(c, a, t), in_axes=(0, 0, None if theta_tps is None else 0))(
+            corr, aff, theta_tps)
+        per_example = inlier[f"macosnet_segmask_score_{key}_per_example"]
+        # Batch of one: out[x] = Σ_y S(y, x) g(y, x).
+        assert _rel(jnp.sum(cells * g, axis=1), per_example) < 1e-4
+        # Our per-example score sums that row (the paper's Σ_q w(q) s(q)).
+        total = jax.vmap(lambda c, a, t, w: losses.inlier_score(c, a, t, fg_weight=w),
+                         in_axes=(0, 0, None if theta_tps is None else 0, 0))(corr, aff, theta_tps, g)
+        assert _rel(total, per_example.sum(-1)) < 1e-4
+        # The whole-batch call broadcasts (the shape bug): out[j, x] = Σ_i Σ_y S_i(y, x) g_j(y, x).
+        batched = jnp.einsum("iyx,jyx->jx", cells, g)
+        assert _rel(batched, inlier[f"macosnet_segmask_score_{key}_batched"]) < 1e-4
+
+
+def test_cycle_loss_compat_matches_reference():
+    d = load_fixture("cycle_loss")
+    ab = jax.vmap(losses.cycle_loss_compat)(d["theta_AB"], d["theta_BA"])
+    ba = jax.vmap(losses.cycle_loss_compat)(d["theta_BA"], d["theta_AB"])
+    np.testing.assert_allclose(ab, d["cycle_AB_per_example"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ba, d["cycle_BA_per_example"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.mean(ab), d["cycle_AB"], rtol=1e-4)
+    np.testing.assert_allclose((np.mean(ab) + np.mean(ba)) / 2, d["cycle_loss"], rtol=1e-4)
+    np.testing.assert_allclose(losses._compat_points().T, d["coord"][0], atol=1e-4)
+    # The same through total_loss's compat switch.
+    outputs = {"theta_aff": {"ab": d["theta_AB"], "ba": d["theta_BA"]}, "theta_tps": {}, "mask_logits": {}}
+    _, terms = jax.jit(lambda o: losses.total_loss(o, {"cycle": 1.0}, cycle_compat=True))(outputs)
+    np.testing.assert_allclose(terms["cycle"], d["cycle_loss"], rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------- properties
+
+
+def _random_affine(rng, scale=0.2):
+    return (geometry.IDENTITY_AFFINE + rng.uniform(-scale, scale, 6)).astype(np.float32)
+
+
+def _matrix(theta):
+    return np.vstack([np.asarray(theta, np.float64).reshape(2, 3), [0, 0, 1]])
+
+
+def _theta(matrix):
+    return matrix[:2].reshape(-1).astype(np.float32)
+
+
+def test_identical_images_identity_map_maximal_score():
+    rng = np.random.default_rng(0)
+    f = correlation.l2_normalize(jnp.asarray(rng.normal(size=(8, 8, 64)).astype(np.float32)))
+    corr = correlation.normalize_correlation(correlation.correlation(f, f))
+    score = jax.jit(losses.inlier_score)
+    identity = score(corr, geometry.IDENTITY_AFFINE)
+    others = [score(corr, _random_affine(rng, 0.15)) for _ in range(20)]
+    assert identity > max(others)
+    # A pure sub-cell shift loses score too (the bilinear kernel spreads the mass off the diagonal).
+    shift = geometry.IDENTITY_AFFINE + np.array([0, 0, 0.05, 0, 0, 0], np.float32)
+    assert identity > score(corr, shift)
+
+
+def test_ball_kernel_identity_is_one_hot():
+    m = losses.inlier_mask(geometry.base_grid(5, 4), kernel="ball", ball_radius=0.5)
+    np.testing.assert_allclose(m, losses.inlier_mask(geometry.base_grid(5, 4)), atol=1e-6)
+    wide = losses.inlier_mask(geometry.base_grid(5, 4), kernel="ball", ball_radius=1.0)
+    assert float(wide.sum()) > float(m.sum())
+
+
+def test_foreground_weight_kinds():
+    rng = np.random.default_rng(1)
+    corr = jnp.asarray(rng.uniform(size=(4, 4, 16)).astype(np.float32))
+    mask = jnp.asarray(rng.uniform(size=(16, 16)).astype(np.float32))
+    pooled = losses.foreground_weight("mask", corr, mask)
+    np.testing.assert_allclose(pooled[1, 2], np.asarray(mask)[4:8, 8:12].mean(), rtol=1e-6)
+    np.testing.assert_allclose(losses.foreground_weight("maxcorr", corr), np.asarray(corr).max(-1))
+    assert losses.foreground_weight("none", corr) is None
+    with pytest.raises(ValueError, match="kind"):
+        losses.foreground_weight("both", corr)
+    with pytest.raises(ValueError, match="multiple"):
+        losses.foreground_weight("mask", corr, mask[:15])
+
+
+def test_matching_loss_two_directions_averages():
+    rng = np.random.default_rng(2)
+    corr_ab, corr_ba = (jnp.asarray(rng.uniform(size=(5, 5, 25)).astype(np.float32)) for _ in range(2))
+    aff_ab, aff_ba = _random_affine(rng), _random_affine(rng)
+    tps_ab = (geometry.IDENTITY_TPS + rng.uniform(-0.1, 0.1, 18)).astype(np.float32)
+    tps_ba = (geometry.IDENTITY_TPS + rng.uniform(-0.1, 0.1, 18)).astype(np.float32)
+    loss = jax.jit(losses.matching_loss)
+    both = loss(corr_ab, aff_ab, tps_ab, corr_ba, aff_ba, tps_ba)
+    one_ab = loss(corr_ab, aff_ab, tps_ab)
+    one_ba = loss(corr_ba, aff_ba, tps_ba)
+    np.testing.assert_allclose(both, (one_ab + one_ba) / 2, rtol=1e-6)
+
+
+def test_cycle_loss_zero_for_exact_inverse_and_closed_form():
+    rng = np.random.default_rng(3)
+    ab = _random_affine(rng)
+    ba = _theta(np.linalg.inv(_matrix(ab)))
+    cycle = jax.jit(losses.cycle_loss)
+    assert float(cycle(ab, None, ba, None)) < 1e-5
+    # With identity TPS stages the composed maps are the same affine maps (TPS identity to ~1e-6).
+    assert float(cycle(ab, geometry.IDENTITY_TPS, ba, geometry.IDENTITY_TPS)) < 1e-4
+    # Gradient at the exact inverse is finite (safe norm).
+    g = jax.grad(lambda t: losses.cycle_loss(t, None, t, None))(geometry.IDENTITY_AFFINE)
+    assert np.all(np.isfinite(g))
+    # Closed form: T_AB a translation by t, T_BA the identity -> every point moves by |t| both ways.
+    t = np.array([0.3, -0.4], np.float32)
+    shift = np.array([1, 0, t[0], 0, 1, t[1]], np.float32)
+    np.testing.assert_allclose(cycle(shift, None, geometry.IDENTITY_AFFINE, None), 0.5, rtol=1e-5)
+    assert float(cycle(ab, None, _random_affine(rng), None)) > 1e-2
+
+
+def _np_affine(theta, p):
+    return p @ np.asarray(theta, np.float64).reshape(2, 3)[:, :2].T + np.asarray(theta, np.float64).reshape(2, 3)[:, 2]
+
+
+def test_transitivity_zero_for_consistent_triple_and_matches_numpy():
+    rng = np.random.default_rng(4)
+    ab, bc = _random_affine(rng), _random_affine(rng)
+    ca = _theta(np.linalg.inv(_matrix(ab) @ _matrix(bc)))  # T_AB∘T_BC∘T_CA = id
+    assert float(losses.transitivity_loss(ab, None, bc, None, ca, None)) < 1e-5
+    # Inconsistent triple: compare with an independent numpy evaluation of the three chains.
+    ca2 = _random_affine(rng)
+    p = np.stack(np.meshgrid(np.linspace(-1, 1, 10), np.linspace(-1, 1, 10)), -1).reshape(-1, 2)
+    f = {"ab": lambda x: _np_affine(ab, x), "bc": lambda x: _np_affine(bc, x), "ca": lambda x: _np_affine(ca2, x)}
+    chains = [f["ab"](f["bc"](f["ca"](p))), f["bc"](f["ca"](f["ab"](p))), f["ca"](f["ab"](f["bc"](p)))]
+    expected = np.mean([np.linalg.norm(c - p, axis=-1).mean() for c in chains])
+    np.testing.assert_allclose(losses.transitivity_loss(ab, None, bc, None, ca2, None), expected, rtol=1e-5)
+    # The order matters: the consistent CA under the released code's order (T_CA∘T_BC∘T_AB) is not zero.
+    wrong = _np_affine(ca, _np_affine(bc, _np_affine(ab, p)))
+    assert np.linalg.norm(wrong - p, axis=-1).mean() > 1e-2
+
+
+def test_contrastive_hinge_and_closed_form():
+    rng = np.random.default_rng(5)
+    c = 8
+    fa, fb = rng.normal(size=c).astype(np.float32), rng.normal(size=c).astype(np.float32)
+    positive = np.sum((fa - fb) ** 2) / c
+    far_a, far_b = fa + 10.0, fb - 10.0  # separation (100c + 100c)/(2c) = 100 > margin
+    np.testing.assert_allclose(losses.contrastive_loss(fa, fb, far_a, far_b), positive, rtol=1e-6)
+    g = jax.grad(losses.contrastive_loss, argnums=2)(fa, fb, far_a, far_b)
+    np.testing.assert_array_equal(g, 0.0)  # past the margin the negatives get no gradient
+    near_a, near_b = fa + 0.1, fb + 0.2
+    sep = (c * 0.01 + c * 0.04) / (2 * c)
+    np.testing.assert_allclose(losses.contrastive_loss(fa, fb, near_a, near_b, margin=1.0),
+                               positive + 1.0 - sep, rtol=1e-5)
+    assert float(losses.contrastive_loss(fa, fa, fa, fa)) == 1.0  # identical: d+ = 0, d- = margin
+
+
+def test_masked_images():
+    image = jnp.asarray(np.random.default_rng(6).normal(size=(4, 5, 3)).astype(np.float32))
+    mask = jnp.linspace(0, 1, 20).reshape(4, 5)
+    fg, bg = losses.masked_images(image, mask)
+    np.testing.assert_allclose(fg + bg, image, rtol=1e-6)
+    np.testing.assert_allclose(fg[..., 1], mask * image[..., 1], rtol=1e-6)
+    with pytest.raises(ValueError, match="match"):
+        losses.masked_images(image, mask[:3])
+
+
+def test_task_loss_minimal_for_consistent_masks():
+    rng = np.random.default_rng(7)
+    logits = jnp.asarray(rng.normal(size=(16, 16)).astype(np.float32))
+    ident_a, ident_t = geometry.IDENTITY_AFFINE, geometry.IDENTITY_TPS
+    loss = jax.jit(lambda la, lb: losses.task_loss(la, lb, ident_a, ident_t, ident_a, ident_t,
+                                                   stop_gradient_target=True))
+    p = jax.nn.sigmoid(logits)
+    entropy = -(p * jnp.log(p) + (1 - p) * jnp.log(1 - p))
+    # Consistent masks: each BCE equals the target's entropy (its minimum over predictions).
+    np.testing.assert_allclose(loss(logits, logits), 2 * jnp.mean(entropy), rtol=1e-4)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(logits, logits)
+    assert max(float(jnp.abs(g).max()) for g in grads) < 1e-6
+    for _ in range(3):
+        delta = jnp.asarray(rng.normal(scale=0.3, size=(16, 16)).astype(np.float32))
+        assert loss(logits, logits + delta) > loss(logits, logits)
+    # The warp direction: with T_AB a shift, M̃_A(q) = M_A(T_AB(q)).
+    mask = np.zeros((8, 8), np.float32)
+    mask[2:5, 2:5] = 1
+    shift = np.array([1, 0, 2 / 7, 0, 1, 0], np.float32)  # one pixel in normalised units (7 = W - 1)
+    warped = np.asarray(losses.warp_mask(jnp.asarray(mask), shift))
+    np.testing.assert_allclose(warped[2:5, 1:4], 1.0, atol=1e-5)
+    assert warped[2:5, 4].max() < 1e-5
+
+
+def test_grid_loss_closed_forms():
+    t = np.array([0.1, -0.2], np.float32)
+    shift = np.array([1, 0, t[0], 0, 1, t[1]], np.float32)
+    np.testing.assert_allclose(losses.grid_loss(shift, geometry.IDENTITY_AFFINE), np.sum(t ** 2), rtol=1e-5)
+    tps_shift = geometry.IDENTITY_TPS + np.repeat(t, 9)
+    np.testing.assert_allclose(losses.grid_loss(tps_shift, geometry.IDENTITY_TPS, kind="tps"), np.sum(t ** 2),
+                               rtol=1e-4)
+    assert float(losses.grid_loss(geometry.IDENTITY_AFFINE, geometry.IDENTITY_AFFINE)) == 0.0
+    with pytest.raises(ValueError, match="kind"):
+        losses.grid_loss(shift, shift, kind="homography")
+
+
+def _fake_outputs(rng, batch=2, h=4, size=16, triplet=True):
+    dirs = ("ab", "ba", "bc", "ca") if triplet else ("ab", "ba")
+    aff = {d: jnp.asarray(np.stack([_random_affine(rng) for _ in range(batch)])) for d in dirs}
+    tps = {d: jnp.asarray((geometry.IDENTITY_TPS + rng.uniform(-.1, .1, (batch, 18))).astype(np.float32))
+           for d in dirs}
+    corr = {d: correlation.normalize_correlation(jnp.asarray(rng.normal(size=(batch, h, h, h * h)).astype(np.float32)))
+            for d in ("ab", "ba")}
+    logits = {k: jnp.asarray(rng.normal(size=(batch, size, size)).astype(np.float32)) for k in "ab"}
+    return {"theta_aff": aff, "theta_tps": tps, "corr": corr, "mask_logits": logits}
+
+
+def test_total_loss_finite_gradients_and_one_compile():
+    rng = np.random.default_rng(8)
+    outputs = _fake_outputs(rng)
+    images = {k: jnp.asarray(rng.normal(size=(2, 16, 16, 3)).astype(np.float32)) for k in "ab"}
+    w_perc = jnp.asarray(rng.normal(size=(3, 5)).astype(np.float32))
+    traces = []
+
+    def objective(outs, imgs, w):
+        traces.append(1)
+        descriptor = lambda x: jnp.mean(jnp.tanh(x @ jax.lax.stop_gradient(w)), axis=(1, 2))  # noqa: E731
+        return losses.total_loss(outs, losses.DEFAULT_WEIGHTS, images=imgs, descriptor_fn=descriptor)
+
+    fn = jax.jit(jax.value_and_grad(objective, argnums=(0, 2), has_aux=True))
+    (loss, terms), (g_out, g_w) = fn(outputs, images, w_perc)
+    assert set(terms) == {"matching", "cycle", "transitivity", "contrastive", "task"}
+    assert all(np.isfinite(float(v)) for v in terms.values()) and np.isfinite(float(loss))
+    np.testing.assert_allclose(loss, sum(terms.values()), rtol=1e-6)
+    leaves = jax.tree_util.tree_leaves(g_out)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+    assert float(jnp.abs(g_out["mask_logits"]["a"]).max()) > 0  # contrastive + task reach the masks
+    assert float(jnp.abs(g_out["theta_aff"]["ca"]).max()) > 0  # transitivity reaches the third map
+    np.testing.assert_array_equal(g_w, 0.0)  # no gradient reaches the frozen perceptual weights
+    fn(_fake_outputs(np.random.default_rng(9)), images, w_perc)  # new values, same shapes
+    assert len(traces) == 1
+
+
+def test_total_loss_pair_outputs_weights_and_fg_kinds():
+    rng = np.random.default_rng(10)
+    outputs = _fake_outputs(rng, triplet=False)
+    weights = {"matching": 1.0, "cycle": 0.5, "task": 2.0}
+    loss, terms = jax.jit(lambda o: losses.total_loss(o, weights))(outputs)
+    assert set(terms) == set(weights)
+    np.testing.assert_allclose(loss, terms["matching"] + 0.5 * terms["cycle"] + 2 * terms["task"], rtol=1e-6)
+    with pytest.raises(ValueError, match="transitivity"):
+        losses.total_loss(outputs, {"transitivity": 1.0})
+    # The fg weight changes the matching term; 'none' is the plain (weakalign) score averaged over directions.
+    matching = jax.jit(lambda o, fg: losses.total_loss(o, {"matching": 1.0}, fg_weight=fg)[1]["matching"],
+                       static_argnums=1)
+    values = {fg: float(matching(outputs, fg)) for fg in ("mask", "maxcorr", "none")}
+    np.testing.assert_allclose(values["mask"], terms["matching"], rtol=1e-6)
+    assert len(set(values.values())) == 3
+    c, a, t = outputs["corr"], outputs["theta_aff"], outputs["theta_tps"]
+    plain = jax.jit(jax.vmap(losses.matching_loss))(c["ab"], a["ab"], t["ab"], c["ba"], a["ba"], t["ba"])
+    np.testing.assert_allclose(values["none"], np.mean(plain), rtol=1e-5)
