@@ -1,0 +1,97 @@
+"""Pieces shared by the experiment configs (not a config itself: it has no get_config).
+
+Config files load it by path (`sys.path` gets this folder), since configs/ is not an installed package.
+Values are SPEC §7 (the released weakalign / CNNGeo / MaCoSNet scripts); `runlocal` shrinks any experiment to a
+CPU smoke run: ResNet-18 cut after layer2 at 64 px, synthetic images, a few steps.
+"""
+from macosnet_jax import train
+
+# Pair counts of the training sets (DATASETS.md), to turn the scripts' epochs into steps.
+PF_PASCAL_TRAIN_PAIRS = 2940   # train.csv rows (1470 pairs, each also flipped)
+TSS_PAIRS = 800                # data.csv rows (400 pairs x 2 directions), transductive
+INTERNET_IMAGES_100 = 300      # Airplane100 + Car100 + Horse100 (paper's subsets), transductive
+SPAIR_TRAIN_PAIRS = 53340      # large layout, trn
+VOC2011_TRAIN_IMAGES = 11540   # CNNGeo's synthetic-pair source (VOC 2011 trainval detection images)
+
+ARG_SPEC = dict(runlocal=False, data_dir="", init_from="", init_torch="", image_size=240)
+
+
+def parse(arg):
+    return train.parse_config_arg(arg, **ARG_SPEC)
+
+
+def paper_model(image_size):
+    """MatchingModel fields of the paper: ResNet-101 cut after layer3 (1024 ch at 15x15 for 240 px)."""
+    return dict(depth=101, last_layer="layer3", width=64, init_identity=False,
+                update_encoder_batch_stats=False, update_head_batch_stats=True)
+
+
+def local_model():
+    """A model that trains on 2 CPU cores: ResNet-18 to layer2, width 16 (64 px -> 8x8 grid).
+
+    The paper's regression kernels (7, 5, valid) need a grid of at least 11x11; 3x3 kernels fit 8x8.
+    """
+    return dict(depth=18, last_layer="layer2", width=16, init_identity=True,
+                regression_channels=(32, 16), regression_kernels=(3, 3),
+                update_encoder_batch_stats=False, update_head_batch_stats=True)
+
+
+def local_data():
+    return dict(name="synthetic_objects", num_images=32, num_categories=4, seed=0)
+
+
+def shrink_for_local_run(config):
+    """Turns any experiment into a CPU smoke run (`:runlocal`): tiny model, synthetic data, few steps."""
+    config.image_size = 64
+    config.model = local_model()
+    config.data = local_data()
+    config.batch_size = 4
+    config.total_steps = 4
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 2
+    config.optimizer.lr_boundaries = [2]
+    config.optimizer.lr_multipliers = [0.5]
+    return config
+
+
+def apply_common_args(config, arg):
+    """init_from / init_torch arguments, then runlocal (last, so it wins on sizes)."""
+    if arg.init_from:
+        config.init_from = arg.init_from
+    if arg.init_torch:
+        config.init_torch.path, _, layout = arg.init_torch.partition("@")
+        config.init_torch.layout = layout or config.init_torch.layout
+    if arg.runlocal:
+        shrink_for_local_run(config)
+    return config
+
+
+def joint_config(arg, *, dataset, num_examples, epochs=60, batch_size=4, eval_dataset=None):
+    """MaCoSNet joint stage (SPEC §6.6, §7.3) on one dataset: matching + co-segmentation, all losses.
+
+    Matching branch: Adam 5e-8 (the released script). The decoder is new and gets its own learning rate
+    (unpublished; 1e-4 here, a choice to sweep). Batch 4, 60 epochs, early stop when validation PCK drops 0.05
+    below its best (evaluated by macosnet_jax.evaluate).
+    """
+    config = train.base_config()
+    config.stage = "joint"
+    config.image_size = arg.image_size
+    config.model = paper_model(arg.image_size)
+    config.data = dict(name="tfds", tfds_name=dataset, split="train", data_dir=arg.data_dir,
+                       crop_keep=(0.5, 1.0), flip=True)
+    config.losses = dict(matching=1.0, cycle=1.0, transitivity=1.0, contrast=1.0, task=1.0,
+                         fg_weight="mask", inlier_kernel="bilinear", contrast_margin=1.0,
+                         perceptual_net="imagenet_resnet50", cycle_grid=10, task_stop_gradient=False)
+    config.batch_size = batch_size
+    steps_per_epoch = train.epochs_to_steps(1, num_examples, batch_size)
+    config.total_steps = epochs * steps_per_epoch
+    config.log_every_steps = 20
+    config.checkpoint_every_steps = steps_per_epoch
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 5e-8
+    config.optimizer.param_groups = [("(^|/)decoder(/|$)", "decoder")]
+    config.optimizer.group_lr = {"decoder": 1e-4}
+    config.evaluation = dict(dataset=eval_dataset or dataset, split="validation" if eval_dataset is None else "test",
+                             every_steps=steps_per_epoch, early_stop_drop=0.05)
+    config.init_torch.layout = "weakalign"
+    return apply_common_args(config, arg)

@@ -1,0 +1,559 @@
+"""Training machinery: TrainState, optimizer groups, the data-parallel step, and the training loop.
+
+A training *stage* (strong / weak / joint, SPEC §7) plugs in as a `Stage`: an init function, a loss function
+`loss_fn(params, batch_stats, frozen, batch, rng) -> (loss, (new_batch_stats, metrics))`, a batch iterator
+factory `make_iterator(start_step, process_index, process_count)` yielding per-process numpy batches, and
+(optionally) the Flax module. Stages are built from the config by name (`register_stage` / `build_stage`). The
+optimizer comes from `config.optimizer`: one base optimizer, per-group learning rates (`optax.multi_transform`),
+frozen groups (`optax.set_to_zero`), groups chosen by regular expressions on parameter paths.
+
+Parallelism (DESIGN "Choices"): one `jax.jit` step over a 1-D `Mesh` with a 'data' axis spanning every device of
+every process -- the supported successor of `pmap`. The batch is sharded `P('data')`, the state replicated `P()`.
+Each process contributes its slice of the global batch (`jax.make_array_from_process_local_data`); the loss is a
+mean over the global batch, so the gradient mean across devices (pmap's `pmean`) is implicit, and BatchNorm
+statistics in train mode are global-batch statistics (sync BN) -- the result does not depend on the device count.
+
+Resumption is exact: the data order is a pure function of (seed, step, process), the step rng is
+`fold_in(key(seed), step)`, and the checkpoint holds the optimizer state and the data position.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+from flax import traverse_util
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from macosnet_jax import checkpoint as ckpt_lib
+
+# ------------------------------------------------------------------------------------------------------------
+# Config helpers
+# ------------------------------------------------------------------------------------------------------------
+
+
+def parse_config_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
+    """Parses the `:arg` of `--config configs/x.py:arg` into a typed ConfigDict (big_vision style).
+
+    `arg` is a comma-separated list of `name=value` or bare `name` (meaning True). `spec` gives the defaults and
+    so the type of each accepted name, e.g. `parse_config_arg('runlocal,res=64', runlocal=False, res=240)`.
+    An unknown name is an error naming the accepted ones.
+    """
+    out = ml_collections.ConfigDict(dict(spec))
+    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+        name, _, value = item.partition("=")
+        if name not in spec:
+            raise ValueError(f"config argument '{name}' is unknown; accepted: {sorted(spec)}")
+        default = spec[name]
+        if not _:
+            parsed = True
+        elif isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"config argument '{name}' expects true/false, got '{value}'")
+            parsed = value.lower() in ("true", "1")
+        elif isinstance(default, (int, float)):
+            parsed = type(default)(value)
+        else:
+            parsed = value
+        out[name] = parsed
+    return out
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The trainer's keys with their defaults; every experiment config starts from it and overrides."""
+    return ml_collections.ConfigDict(dict(
+        stage="",                     # registered stage name or 'package.module:function'
+        seed=0,
+        total_steps=1000,
+        batch_size=32,                # global, over all devices of all processes
+        log_every_steps=50,
+        checkpoint_every_steps=1000,
+        keep_checkpoints=3,
+        tensorboard=True,
+        init_from="",                 # a previous stage's work dir (or checkpoints dir): weights that fit
+        init_torch=dict(path="", layout="", prefix=""),  # torch weights via macosnet_jax.weights, put under prefix
+        optimizer=dict(name="adam", learning_rate=1e-3, lr_boundaries=[], lr_multipliers=[],
+                       param_groups=[], group_lr={}, frozen_groups=[], grad_clip_norm=0.0),
+    ))
+
+
+def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
+    """Steps of `epochs` passes over `num_examples` at global `batch_size` (at least 1)."""
+    return max(1, int(round(epochs * num_examples / batch_size)))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Stages
+# ------------------------------------------------------------------------------------------------------------
+
+LossFn = Callable[[Any, Any, Any, Mapping[str, Any], jax.Array], tuple[jax.Array, tuple[Any, dict]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """What a training stage provides to the generic loop.
+
+    init_fn: rng -> {'params': ..., 'batch_stats': ... (may be {}), 'frozen': ... (may be {})}. Must be jittable.
+    loss_fn: (params, batch_stats, frozen, batch, rng) -> (scalar loss, (new_batch_stats, metrics dict)), on the
+      global batch (mean over examples). Gradients are taken w.r.t. params only; `frozen` holds fixed weights
+      (e.g. the perceptual network) that are checkpointed but never optimized.
+    make_iterator: (start_step, process_index, process_count) -> iterator of per-process numpy dict batches
+      (leading axis = global_batch / process_count); batch k of the iterator is the batch of step start_step + k.
+    model: the Flax module (for `TrainState.apply_fn`, prediction), optional.
+    """
+    init_fn: Callable[[jax.Array], dict]
+    loss_fn: LossFn
+    make_iterator: Callable[[int, int, int], Iterator[Mapping[str, np.ndarray]]]
+    model: Any = None
+    name: str = ""
+
+
+_STAGE_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Stage]] = {}
+
+
+def register_stage(name: str):
+    """Decorator: `@register_stage('strong') def build(config) -> Stage`."""
+    def decorator(builder):
+        _STAGE_BUILDERS[name] = builder
+        return builder
+    return decorator
+
+
+def build_stage(config: ml_collections.ConfigDict) -> Stage:
+    """The stage named `config.stage`: a registered name, or 'package.module:function' (function(config) -> Stage).
+
+    The module form lets a stage defined anywhere (the demo, tests) plug in without being imported here.
+    """
+    name = config.get("stage", None)
+    if isinstance(name, str) and ":" in name:
+        import importlib
+        module_name, _, fn_name = name.partition(":")
+        try:
+            builder = getattr(importlib.import_module(module_name), fn_name)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"config.stage='{name}': cannot import {fn_name} from {module_name} ({e})") from e
+        return builder(config)
+    if name not in _STAGE_BUILDERS:
+        import importlib
+        importlib.import_module("macosnet_jax.stages")  # registers the built-in stages (models, losses, data)
+    if name not in _STAGE_BUILDERS:
+        raise ValueError(f"config.stage='{name}' is not a registered stage; known: {sorted(_STAGE_BUILDERS)} "
+                         "or 'package.module:function'")
+    return _STAGE_BUILDERS[name](config)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# State and optimizer
+# ------------------------------------------------------------------------------------------------------------
+
+
+class TrainState(train_state.TrainState):
+    """TrainState with BatchNorm statistics and frozen (checkpointed, never optimized) variables."""
+    batch_stats: Any = None
+    frozen: Any = None
+
+
+def param_labels(params: Any, rules: Sequence[Sequence[str]], default: str = "default") -> Any:
+    """Labels every parameter with the group of the first rule whose regex matches its path ('a/b/kernel').
+
+    rules: [(regex, label), ...], searched with `re.search`. Unmatched parameters get `default`.
+    """
+    compiled = [(re.compile(rx), label) for rx, label in rules]
+
+    def label(path, _):
+        key = "/".join(str(p) for p in path)
+        return next((lab for rx, lab in compiled if rx.search(key)), default)
+
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({k: label(k, v) for k, v in flat.items()})
+
+
+def learning_rate_schedule(base_lr: float, boundaries: Sequence[int] = (),
+                           multipliers: Sequence[float] = ()) -> optax.Schedule:
+    """Piecewise constant: base_lr * [1, *multipliers][number of boundaries <= step].
+
+    E.g. CNNGeo's Adam 1e-3 then 2e-4: base_lr=1e-3, boundaries=[steps of 50 epochs], multipliers=[0.2].
+    """
+    if len(boundaries) != len(multipliers):
+        raise ValueError(f"optimizer.lr_boundaries ({list(boundaries)}) and optimizer.lr_multipliers "
+                         f"({list(multipliers)}) must have the same length")
+    values = jnp.asarray([1.0, *multipliers], jnp.float32) * base_lr
+    bounds = jnp.asarray(list(boundaries), jnp.int32)
+    return lambda step: values[jnp.searchsorted(bounds, step, side="right")]
+
+
+def _base_optimizer(name: str, learning_rate: optax.Schedule, opt: ml_collections.ConfigDict):
+    if name == "adam":
+        return optax.adam(learning_rate, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999), eps=opt.get("eps", 1e-8))
+    if name == "adamw":
+        return optax.adamw(learning_rate, weight_decay=opt.get("weight_decay", 1e-4))
+    if name == "sgd":
+        return optax.sgd(learning_rate, momentum=opt.get("momentum", 0.9) or None)
+    raise ValueError(f"config.optimizer.name='{name}' is unknown; expected adam, adamw or sgd")
+
+
+def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Optimizer from `config.optimizer`.
+
+    Fields: name (adam|adamw|sgd), learning_rate, lr_boundaries, lr_multipliers (shared schedule shape),
+    param_groups [(regex, label)] (first match wins, unmatched -> 'default'), group_lr {label: learning rate},
+    frozen_groups [label, ...] (updates set to zero, no optimizer state), grad_clip_norm (0 = off).
+    """
+    groups = dict(opt.get("group_lr", None) or {})
+    frozen = set(opt.get("frozen_groups", ()) or ())
+    rules = [tuple(r) for r in (opt.get("param_groups", ()) or ())]
+    known = {lab for _, lab in rules} | {"default"}
+    for label in set(groups) | frozen:
+        if label not in known:
+            raise ValueError(f"config.optimizer: group '{label}' has no rule in param_groups {rules}")
+    boundaries, multipliers = opt.get("lr_boundaries", ()), opt.get("lr_multipliers", ())
+
+    def group_tx(label):
+        if label in frozen:
+            return optax.set_to_zero()
+        lr = groups.get(label, opt.learning_rate)
+        return _base_optimizer(opt.name, learning_rate_schedule(lr, boundaries, multipliers), opt)
+
+    labels = sorted(known)
+    tx = optax.multi_transform({lab: group_tx(lab) for lab in labels},
+                               lambda params: param_labels(params, rules))
+    if opt.get("grad_clip_norm", 0.0):
+        tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
+    return tx
+
+
+def create_train_state(stage: Stage, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    """A fresh TrainState (jittable; use under `jax.jit(..., out_shardings=...)` or `jax.eval_shape`)."""
+    variables = stage.init_fn(rng)
+    apply_fn = stage.model.apply if stage.model is not None else None
+    return TrainState.create(apply_fn=apply_fn, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}), frozen=variables.get("frozen", {}))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Mesh, global batches, the step
+# ------------------------------------------------------------------------------------------------------------
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """1-D mesh with axis 'data' over `devices` (default: every device of every process). Auto axes."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Stitches each process's numpy batch (leading axis = its share) into global arrays sharded P('data')."""
+    sharding = NamedSharding(mesh, P("data"))
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                        dict(local_batch))
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(stage: Stage, mesh: Mesh, seed: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The jitted data-parallel step: (state, global batch) -> (state, metrics).
+
+    A step whose loss or gradients are not finite leaves the state unchanged and reports `finite = 0`; the loop
+    stops on it (NaN guard), so a poisoned state is never checkpointed.
+    """
+    rep = replicated(mesh)
+
+    def step(state: TrainState, batch):
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        grad_fn = jax.value_and_grad(stage.loss_fn, has_aux=True)
+        (loss, (new_batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, state.frozen,
+                                                            batch, rng)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        new_state = state.apply_gradients(grads=grads, batch_stats=new_batch_stats)
+        # Keep the old state on a non-finite step: where() rather than cond, both sides are already computed.
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                       finite=finite.astype(jnp.float32))
+        return new_state, metrics
+
+    return jax.jit(step, out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Logging
+# ------------------------------------------------------------------------------------------------------------
+
+
+class MetricLogger:
+    """Writes scalar metrics to `<workdir>/metrics.jsonl` and TensorBoard (`<workdir>/tb`), process 0 only.
+
+    Work dirs may be URLs (gs://...): object stores cannot append, so there the JSONL file is rewritten whole at
+    each write (it stays small: one line per logged step).
+    """
+
+    def __init__(self, workdir: str, enabled: bool, tensorboard: bool = True):
+        self.enabled = enabled
+        self._path = epath.Path(workdir) / "metrics.jsonl"
+        self._remote = "://" in str(workdir)
+        self._lines: list[str] = []
+        if enabled and self._remote and self._path.exists():
+            self._lines = self._path.read_text().splitlines(keepends=True)
+        self._jsonl = open(self._path, "a") if enabled and not self._remote else None
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from clu import metric_writers
+                self._tb = metric_writers.SummaryWriter(str(epath.Path(workdir) / "tb"))
+            except ImportError:  # tensorboard is a declared dependency; stay usable without it.
+                logging.warning("clu/tensorboard not importable: metrics go to metrics.jsonl only")
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n"
+        if self._remote:
+            self._lines.append(line)
+            self._path.write_text("".join(self._lines))
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.write_scalars(int(step), dict(scalars))
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------------------
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradients became NaN/Inf; training stopped, the last good checkpoint is kept."""
+
+
+def check_workdir(workdir: str) -> str:
+    """Creates the work dir (local path or gs://...) and checks it is writable; a clear error otherwise."""
+    workdir = ckpt_lib.absolute(workdir)
+    try:
+        path = epath.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_probe_{jax.process_index()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except Exception as e:  # noqa: BLE001 - OSError locally, various errors from object stores
+        raise ValueError(f"--workdir {workdir} is not a writable directory: {type(e).__name__}: {e}") from e
+    return workdir
+
+
+class _SigtermFlag:
+    """Single process: sets a flag on SIGTERM (preemption notice) instead of dying, so the loop can checkpoint.
+
+    With several processes the handler is NOT installed: JAX's preemption service (started by
+    jax.distributed.initialize) owns SIGTERM and propagates the notice to every process, so that all of them
+    agree on the step to save at (`reached_preemption_sync_point`). A Python handler would replace its handler.
+    """
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self):
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM received: saving a checkpoint at the end of this step, then exiting.")
+        self.received = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+def _preemption_requested(flag: _SigtermFlag, step: int) -> bool:
+    """Single process: our SIGTERM flag. Several: JAX's preemption sync point (every process sees the same step)."""
+    if jax.process_count() == 1:
+        return flag.received
+    from jax.experimental import multihost_utils
+    try:
+        return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError as e:  # preemption service disabled (jax_enable_preemption_service=False)
+        if not getattr(flag, "warned", False):
+            logging.warning("No preemption checkpoints: %s", e)
+            flag.warned = True
+        return False
+
+
+def initial_state(config: ml_collections.ConfigDict, stage: Stage, tx, mesh: Mesh) -> TrainState:
+    """A fresh state, then weights from `config.init_from` (previous stage) or `config.init_torch` if set."""
+    rep = replicated(mesh)
+    create = jax.jit(lambda rng: create_train_state(stage, tx, rng), out_shardings=rep)
+    state = create(jax.random.key(config.seed))
+    init_from = config.get("init_from", "")
+    if init_from:
+        loaded = ckpt_lib.load_variables(init_from, rep)
+        for collection in ("params", "batch_stats"):
+            merged, copied = ckpt_lib.merge_variables(getattr(state, collection), loaded[collection],
+                                                      f"config.init_from={init_from} ({collection})")
+            state = state.replace(**{collection: merged})
+            logging.info("init_from %s: %d %s arrays copied", init_from, copied, collection)
+            if collection == "params" and copied == 0:
+                raise ckpt_lib.IncompatibleCheckpointError(
+                    f"config.init_from={init_from}: no parameter path matches the configured model")
+    init_torch = config.get("init_torch", None)
+    if init_torch and init_torch.get("path", ""):
+        from macosnet_jax import weights  # another engineer's module; only needed when torch weights are used.
+        kwargs = {}
+        if "image_size" in config:
+            kwargs["image_size"] = config.image_size
+        if init_torch.layout == "torchvision_resnet" and "model" in config and "last_layer" in config.model:
+            kwargs["last_layer"] = config.model.last_layer
+        variables = weights.load_torch_checkpoint(init_torch.path, init_torch.layout, **kwargs)
+        prefix = init_torch.get("prefix", "")  # e.g. 'encoder': a bare ResNet goes inside the matching model
+        for collection in ("params", "batch_stats"):
+            source = variables.get(collection, {})
+            source = {prefix: source} if prefix else source
+            merged, copied = ckpt_lib.merge_variables(getattr(state, collection), source,
+                                                      f"config.init_torch={init_torch.path}")
+            state = state.replace(**{collection: jax.device_put(merged, rep)})
+            logging.info("init_torch %s: %d %s arrays copied", init_torch.path, copied, collection)
+            if collection == "params" and copied == 0:
+                raise ckpt_lib.IncompatibleCheckpointError(
+                    f"config.init_torch={init_torch.path}: no parameter path matches the configured model "
+                    f"(layout '{init_torch.layout}', prefix '{prefix}')")
+    return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage: Stage | None = None,
+                       mesh: Mesh | None = None) -> TrainState:
+    """Trains `config.total_steps` steps (resuming from `workdir` when it holds a checkpoint); returns the state.
+
+    Config fields used: seed, total_steps, batch_size (global), optimizer (see make_optimizer), log_every_steps,
+    checkpoint_every_steps, keep_checkpoints, init_from, init_torch, stage (when `stage` is not given).
+    Raises NonFiniteLossError on a NaN/Inf step (after making sure the last good checkpoint is written).
+    """
+    workdir = check_workdir(workdir)
+    stage = stage or build_stage(config)
+    mesh = mesh or make_mesh()
+    n_dev, n_proc = mesh.devices.size, jax.process_count()
+    if config.batch_size % n_dev:
+        raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the number of devices "
+                         f"({n_dev})")
+    is_main = jax.process_index() == 0
+    tx = make_optimizer(config.optimizer)
+    rep = replicated(mesh)
+
+    abstract = jax.eval_shape(lambda rng: create_train_state(stage, tx, rng), jax.random.key(0))
+    abstract = ckpt_lib.with_sharding(abstract, rep)
+    checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir),
+                                         max_to_keep=config.get("keep_checkpoints", 3))
+    restored = checkpointer.restore_latest(abstract)
+    if restored is not None:
+        state, _, meta = restored
+        position = meta["data_position"]
+        start_step = int(position["step"])
+        if position.get("seed") != config.seed or position.get("batch_size") != config.batch_size:
+            logging.warning("Resuming with seed/batch %s/%s but the checkpoint was written with %s/%s: the data "
+                            "order will differ from the original run.", config.seed, config.batch_size,
+                            position.get("seed"), position.get("batch_size"))
+        logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
+    else:
+        state, start_step = initial_state(config, stage, tx, mesh), 0
+
+    step_fn = make_train_step(stage, mesh, config.seed)
+    logger = MetricLogger(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
+    config_dict = json.loads(config.to_json_best_effort())
+    if is_main:
+        (epath.Path(workdir) / "config.json").write_text(json.dumps(config_dict, indent=1, sort_keys=True))
+
+    def position(step):
+        return {"step": step, "seed": config.seed, "batch_size": config.batch_size, "process_count": n_proc}
+
+    total = int(config.total_steps)
+    log_every = max(1, int(config.get("log_every_steps", 50)))
+    ckpt_every = max(1, int(config.get("checkpoint_every_steps", 1000)))
+    pending: list[tuple[int, dict]] = []
+    last_saved = start_step if restored is not None else None
+    timer = {"time": time.time(), "step": start_step}  # rate over the last logging window
+
+    def flush(step):
+        """Fetches pending metrics (a host sync), runs the NaN guard, logs means."""
+        if not pending:
+            return
+        fetched = [(s, jax.device_get(m)) for s, m in pending]
+        pending.clear()
+        for s, m in fetched:
+            if not m["finite"]:
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradient at step {s} (loss={float(m['loss'])}); the update was not "
+                    f"applied and training stopped. Last good checkpoint: step {last_saved} in "
+                    f"{checkpointer.directory}.")
+        means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1] if k != "finite"}
+        now = time.time()
+        rate = (step - timer["step"]) / max(now - timer["time"], 1e-9)
+        timer.update(time=now, step=step)
+        means["steps_per_second"] = rate
+        logger.write(step, means)
+        if is_main:
+            logging.info("step %d/%d  loss %.5g  %.2f steps/s  ETA %s", step, total, means["loss"], rate,
+                         _format_eta((total - step) / rate if rate > 0 else float("inf")))
+
+    def save(step):
+        nonlocal last_saved
+        if last_saved == step:
+            return
+        checkpointer.save(step, state, config_dict, position(step))
+        last_saved = step
+
+    step = start_step
+    try:
+        with _SigtermFlag() as sigterm:
+            iterator = stage.make_iterator(start_step, jax.process_index(), n_proc)
+            while step < total:
+                batch = next(iterator)
+                state, metrics = step_fn(state, global_batch(batch, mesh))
+                step += 1
+                pending.append((step, metrics))
+                preempt = _preemption_requested(sigterm, step)
+                if step % log_every == 0 or step == total or preempt or step % ckpt_every == 0:
+                    flush(step)
+                if step % ckpt_every == 0 or step == total or preempt:
+                    save(step)
+                if preempt:
+                    logging.warning("Preempted: checkpoint of step %d written to %s; exiting.", step,
+                                    checkpointer.directory)
+                    break
+    finally:
+        checkpointer.close()  # waits for async saves: the last good checkpoint is complete on disk.
+        logger.close()
+    return state

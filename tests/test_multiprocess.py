@@ -1,0 +1,114 @@
+"""Multi-process data parallelism on one machine: two JAX processes with two CPU devices each, through the
+real CLI (`python -m macosnet_jax.main`), coordinated by jax.distributed on 127.0.0.1. Every subprocess runs
+under a timeout, so a hang fails the test instead of blocking the suite."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import _train_worker as tw
+from macosnet_jax import checkpoint as ckpt_lib
+from macosnet_jax import train
+
+pytestmark = pytest.mark.multiprocess
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(workdir, config_arg, num_processes=2, devices=2):
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=os.pathsep.join([TESTS, REPO, os.environ.get("PYTHONPATH", "")]))
+    procs = []
+    for i in range(num_processes):
+        cmd = [sys.executable, "-m", "macosnet_jax.main", f"--config={TESTS}/_train_worker.py:{config_arg}",
+               f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
+               f"--num_processes={num_processes}", f"--process_id={i}", "--heartbeat_timeout=10",
+               "--initialization_timeout=60"]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    return procs
+
+
+def _finish(procs, timeout):
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"process {procs.index(p)} still running after {timeout}s: hang")
+    return outs
+
+
+def test_two_processes_two_devices_each_equal_one_process_four_devices(tmp_path):
+    procs = _launch(tmp_path / "mp", "steps=4,ckpt_every=4")
+    outs = _finish(procs, timeout=240)
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    single = tw.flat_params(train.train_and_evaluate(tw.toy_config(steps=4, ckpt_every=4), str(tmp_path / "sp")))
+
+    config = tw.toy_config()
+    stage = tw.build_toy_stage(config)
+    tx = train.make_optimizer(config.optimizer)
+    abstract = ckpt_lib.with_sharding(jax.eval_shape(lambda r: train.create_train_state(stage, tx, r),
+                                                     jax.random.key(0)), train.replicated(train.make_mesh()))
+    ck = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(tmp_path / "mp"))
+    state, _, meta = ck.restore_latest(abstract)
+    ck.close()
+    assert meta["data_position"]["process_count"] == 2
+    multi = tw.flat_params(state)
+    for key in single:  # same global batch and reductions over the same 4 devices: float32 rounding only
+        np.testing.assert_allclose(multi[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_peer_death_makes_the_survivor_exit_nonzero_quickly(tmp_path):
+    procs = _launch(tmp_path, "steps=500,ckpt_every=1000,step_delay=0.2")
+    metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 180
+    try:
+        while time.time() < deadline and not (metrics.exists() and sum(1 for _ in open(metrics)) >= 2):
+            assert all(p.poll() is None for p in procs), "a process ended before the kill"
+            time.sleep(0.1)
+        assert metrics.exists(), "training never started"
+        procs[1].send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        _, err = _finish(procs[:1], timeout=60)[0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+    assert time.time() - killed_at < 60
+    assert procs[0].returncode not in (0, None)
+    assert "process 0 of 2 failed" in err, err[-3000:]
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_checkpoints_all_at_the_same_step(tmp_path):
+    """JAX's preemption service propagates one process's SIGTERM: both save at the same step and exit 0."""
+    procs = _launch(tmp_path, "steps=500,ckpt_every=1000,step_delay=0.2")
+    metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 180
+    while time.time() < deadline and not (metrics.exists() and sum(1 for _ in open(metrics)) >= 2):
+        time.sleep(0.1)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = _finish(procs, timeout=120)
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    steps = [int(err.split("Preempted: checkpoint of step ")[1].split()[0]) for _, err in outs]
+    assert steps[0] == steps[1] < 500
+    ck = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(tmp_path))
+    assert ck.latest_step() == steps[0]
+    ck.close()
