@@ -13,7 +13,7 @@ INTERNET_IMAGES_100 = 300      # Airplane100 + Car100 + Horse100 (paper's subset
 SPAIR_TRAIN_PAIRS = 53340      # large layout, trn
 VOC2011_TRAIN_IMAGES = 11540   # CNNGeo's synthetic-pair source (VOC 2011 trainval detection images)
 
-ARG_SPEC = dict(runlocal=False, data_dir="", init_from="", init_torch="", image_size=240)
+ARG_SPEC = dict(runlocal=False, data_dir="", init_from="", init_torch="", image_size=240, perceptual_weights="")
 
 
 def parse(arg):
@@ -51,6 +51,8 @@ def shrink_for_local_run(config):
     config.checkpoint_every_steps = 2
     config.optimizer.lr_boundaries = [2]
     config.optimizer.lr_multipliers = [0.5]
+    if "losses" in config and "perceptual_net" in config.losses:
+        config.losses.perceptual_net = "strong_encoder"  # no ImageNet ResNet-50 weights on a CPU smoke run
     return config
 
 
@@ -79,9 +81,10 @@ def joint_config(arg, *, dataset, num_examples, epochs=60, batch_size=4, eval_da
     config.model = paper_model(arg.image_size)
     config.data = dict(name="tfds", tfds_name=dataset, split="train", data_dir=arg.data_dir,
                        crop_keep=(0.5, 1.0), flip=True)
-    config.losses = dict(matching=1.0, cycle=1.0, transitivity=1.0, contrast=1.0, task=1.0,
+    config.losses = dict(matching=1.0, cycle=1.0, transitivity=1.0, contrastive=1.0, task=1.0,
                          fg_weight="mask", inlier_kernel="bilinear", contrast_margin=1.0,
-                         perceptual_net="imagenet_resnet50", cycle_grid=10, task_stop_gradient=False)
+                         perceptual_net="imagenet_resnet50", perceptual_weights=arg.perceptual_weights,
+                         cycle_grid=10, composed_consistency=True, task_stop_gradient=False)
     config.batch_size = batch_size
     steps_per_epoch = train.epochs_to_steps(1, num_examples, batch_size)
     config.total_steps = epochs * steps_per_epoch
@@ -92,6 +95,10 @@ def joint_config(arg, *, dataset, num_examples, epochs=60, batch_size=4, eval_da
     config.optimizer.param_groups = [("(^|/)decoder(/|$)", "decoder")]
     config.optimizer.group_lr = {"decoder": 1e-4}
     config.evaluation = dict(dataset=eval_dataset or dataset, split="validation" if eval_dataset is None else "test",
+                             data_dir=arg.data_dir,
                              every_steps=steps_per_epoch, early_stop_drop=0.05)
     config.init_torch.layout = "weakalign"
+    # The weak stage (ours or weakalign's torch checkpoint) trained a MatchingModel: it is MaCoSNet's 'matching'.
+    config.init_torch.prefix = "matching"
+    config.init_prefix = "matching"
     return apply_common_args(config, arg)

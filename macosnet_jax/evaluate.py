@@ -736,3 +736,201 @@ def evaluate_synthetic(examples: Iterable[Mapping], predictor: Predictor, *, con
         tables["coseg"] = masks.table("synthetic co-segmentation", "coseg: sigma(M) upsampled to GT size, > 0.5",
                                       category_names=category_names)
     return tables
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Whole datasets by name: the tfds builders of macosnet_datasets and the built-in synthetic pairs.
+
+KEYPOINT_DATASETS = {"pf_pascal": "PF-PASCAL", "pf_willow": "PF-WILLOW", "spair71k": "SPair-71k"}
+TFDS_DATASETS = tuple(KEYPOINT_DATASETS) + ("tss", "internet")
+DATASETS = TFDS_DATASETS + ("synthetic_objects",)
+DEFAULT_SPLITS = {"pf_pascal": "test", "pf_willow": "test", "spair71k": "test", "tss": "test",
+                  "internet": "subset100", "synthetic_objects": "test"}
+# The paper's figures (SPEC §8), attached as notes to the tables they belong to.
+PAPER_FIGURES = {
+    ("pf_pascal", "img224"): "paper (MaCoSNet): PCK@0.1 = 0.790 under img224 on the test split",
+    ("pf_willow", "img224"): "paper (MaCoSNet): PCK@0.05/0.1/0.15 = 0.538/0.854/0.939 under img224",
+    ("spair71k", "bbox"): "paper (MaCoSNet): PCK@0.1 = 0.266 under bbox (per-image mean) on the test split",
+    ("tss", "flow_pck"): "paper (MaCoSNet): FG3DCar/JODS/PASCAL = 0.908/0.783/0.615, mean 0.769 (compat)",
+    ("tss", "coseg"): "paper (MaCoSNet): mean P/J = 0.947/0.84",
+    ("internet", "coseg"): "paper (MaCoSNet): mean P/J = 0.935/0.70 on the 100-image subsets",
+}
+PREPARE_HINT = ("prepare it from the manual download first (see docs/datasets.md)): "
+                "`python -m macosnet_datasets.build {name} --manual_dir <folder with the extracted files> "
+                "--data_dir {data_dir}`")
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A tfds dataset that has not been built from its manual download (in the data dir that was searched)."""
+
+
+def _base_name(name):
+    """'pf_willow/macosnet' -> 'pf_willow' (builder name without its config)."""
+    return str(name).split("/")[0].split(":")[0]
+
+
+def _tfds_builder(name, data_dir):
+    """The tfds builder `name` ('tss', 'pf_willow/macosnet', ...) after registering macosnet_datasets."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    import macosnet_datasets  # noqa: F401  (registers the builders)
+    try:
+        tf.config.set_visible_devices([], "GPU")  # reading examples never needs the accelerator
+    except RuntimeError:
+        pass  # TensorFlow already initialised its devices
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # noqa: BLE001 - tfds raises several types for an unknown name or config
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"dataset {name!r} is not a known tfds dataset ({type(e).__name__}: {first_line}); "
+                         f"expected one of {DATASETS} (optionally with a builder config, e.g. pf_willow/macosnet)"
+                         ) from e
+
+
+def load_tfds_examples(name, split, data_dir=None):
+    """(numpy example iterator, DatasetInfo) of a prepared tfds split, via `tfds.load(..., download=False)`.
+
+    Raises DatasetNotPreparedError (saying how to prepare it) when the data dir holds no prepared version, and
+    ValueError naming the available splits when `split` is not one of them.
+    """
+    import tensorflow_datasets as tfds
+    builder = _tfds_builder(name, data_dir)
+    if not builder.is_prepared():
+        where = data_dir or "the default tfds data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+        raise DatasetNotPreparedError(
+            f"dataset {name!r} is not prepared in {where} (looked for {builder.data_dir}; point data_dir / "
+            f"config.evaluation.data_dir / $TFDS_DATA_DIR at the folder where it was built, or "
+            + PREPARE_HINT.format(name=name, data_dir=data_dir or "<tfds data dir>"))
+    available = sorted(builder.info.splits.keys())
+    if split.split("[")[0] not in available:
+        raise ValueError(f"dataset {name!r} has no split {split!r}; its splits are {available}")
+    dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
+    return tfds.as_numpy(dataset), builder.info
+
+
+def _class_names(info, key="category"):
+    """Class names of a ClassLabel feature of the builder's info, or None."""
+    try:
+        feature = info.features[key]
+    except (KeyError, TypeError):
+        return None
+    return list(feature.names) if hasattr(feature, "names") else None
+
+
+def resolve_split(name, split):
+    """The split to score: the dataset's default when None; Internet's generic 'test'/'validation' -> 'subset100'."""
+    base = _base_name(name)
+    if split is None:
+        return DEFAULT_SPLITS.get(base, "test")
+    if base == "internet" and split in ("test", "validation"):
+        return "subset100"  # the evaluation protocol: the 100-image subsets (DATASETS.md)
+    return split
+
+
+def _unflip_pairs(examples):
+    """Pairs with flip = 1 (PF-PASCAL's augmented training rows) mirrored, keypoints too: x -> W + 1 - x."""
+    for example in examples:
+        if not bool(np.asarray(example.get("flip", 0))):
+            yield example
+            continue
+        example = dict(example)
+        for side in ("a", "b"):
+            image = np.asarray(example[f"image_{side}"])
+            points = np.array(example[f"keypoints_{side}"], np.float32).reshape(-1, 2)
+            points[:, 0] = image.shape[1] + 1 - points[:, 0]
+            example[f"image_{side}"], example[f"keypoints_{side}"] = image[:, ::-1], points
+        example["flip"] = 0
+        yield example
+
+
+def _add_notes(tables, base, extra=()):
+    """Appends the paper's figure for each table (PAPER_FIGURES) and any extra notes, in place."""
+    for key, table in tables.items():
+        if (base, key) in PAPER_FIGURES:
+            table.notes.append(PAPER_FIGURES[(base, key)])
+        table.notes.extend(extra)
+    return tables
+
+
+def _evaluate_keypoint_dataset(base, examples, predictor, category_names, options):
+    """PF-PASCAL / PF-WILLOW: img224 and kp_extent at α .05/.1/.15; SPair-71k: bbox at α 0.1 (per image, per kp)."""
+    if base == "spair71k":
+        conventions, alphas = ("bbox",), (0.1,)
+    else:
+        conventions, alphas = ("img224", "kp_extent"), (0.05, 0.1, 0.15)
+    return evaluate_keypoints(_unflip_pairs(examples), predictor, dataset=KEYPOINT_DATASETS[base],
+                              conventions=tuple(options.get("conventions", conventions)),
+                              alphas=tuple(options.get("alphas", alphas)),
+                              compat_kp_extent=bool(options.get("compat_kp_extent", False)),
+                              category_names=category_names)
+
+
+def _evaluate_tss_dataset(examples, predictor, out_dir, options):
+    """TSS flow PCK (flip_back and compat) and, for joint models, co-segmentation; .flo (and masks) into out_dir."""
+    flo_dir = mask_dir = None
+    if out_dir is not None:
+        flo_dir = os.path.join(out_dir, "tss_flo")
+        if options.get("save_masks", True):
+            mask_dir = os.path.join(out_dir, "tss_masks")
+    return evaluate_tss(examples, predictor, alpha=float(options.get("alpha", 0.05)), flo_dir=flo_dir,
+                        mask_dir=mask_dir)
+
+
+def _evaluate_internet_dataset(examples, predictor, category_names, out_dir, options):
+    """Internet co-segmentation P/J per class and mean (each image's mask aggregated over partner images)."""
+    mask_dir = os.path.join(out_dir, "internet_masks") if out_dir is not None and options.get("save_masks", True) \
+        else None
+    return evaluate_cosegmentation(examples, predictor, partners=int(options.get("partners", 5)),
+                                   category_names=category_names, mask_dir=mask_dir, dataset="Internet")
+
+
+def _evaluate_synthetic_dataset(predictor, category_names, options):
+    """Held-out synthetic_objects pairs (data.synthetic.make_synthetic_pairs): PCK (kp_extent, img224) and P/J."""
+    from macosnet_jax.data import synthetic
+    if "image_size" not in options:
+        raise ValueError("synthetic_objects evaluation needs image_size= (the size the images are rendered at)")
+    pairs = synthetic.make_synthetic_pairs(int(options.get("num_images", 48)), int(options["image_size"]),
+                                           int(options.get("seed", 1000)), int(options.get("num_categories", 6)),
+                                           int(options.get("num_pairs", 50)))
+    conventions = tuple(options.get("conventions", ("kp_extent", "img224")))
+    tables = evaluate_synthetic(pairs, predictor, conventions=conventions,
+                                alphas=tuple(options.get("alphas", (0.05, 0.1, 0.15))), category_names=category_names)
+    note = (f"held-out synthetic_objects: {len(pairs)} pairs of {options.get('num_images', 48)} images, "
+            f"seed {options.get('seed', 1000)}, {options.get('num_categories', 6)} categories")
+    return _add_notes(tables, "synthetic_objects", [note])
+
+
+def evaluate_dataset(name, predictor: Predictor, *, split=None, data_dir=None, out_dir=None, category_names=None,
+                     **options):
+    """Scores `predictor` on a whole dataset by name, with that benchmark's protocol (SPEC §8). Returns
+    {table name: ResultTable}.
+
+    name: 'pf_pascal' | 'pf_willow[/pf|/macosnet]' | 'spair71k[/large|/small]' | 'tss' | 'internet' (prepared tfds
+      datasets of macosnet_datasets in `data_dir`) | 'synthetic_objects' (generated held-out pairs).
+    predictor: (image_a uint8 (H, W, 3), image_b) -> {'theta_aff' (6,), 'theta_tps' (18,), 'mask_a', 'mask_b'},
+      e.g. `predict.Matcher(...).match`.
+    split: the tfds split (default: DEFAULT_SPLITS; Internet always scores 'subset100' for 'test'/'validation').
+    out_dir: where TSS .flo files (`tss_flo/`) and predicted masks (`tss_masks/`, `internet_masks/`) go; the
+      tables themselves are written by the caller (`write_tables`).
+    category_names: overrides the class names of the builder's info.
+    options: alphas, conventions, compat_kp_extent (keypoints); alpha, save_masks (TSS); partners (Internet);
+      image_size (required), num_images, seed, num_categories, num_pairs (synthetic_objects).
+    Tables: pf_pascal / pf_willow {'img224', 'kp_extent'}; spair71k {'bbox'}; tss {'flow_pck'[, 'coseg']};
+      internet {'coseg'}; synthetic_objects {'kp_extent', 'img224'[, 'coseg']}.
+    """
+    base = _base_name(name)
+    if base not in DATASETS:
+        raise ValueError(f"evaluate_dataset: unknown dataset {name!r}; expected one of {DATASETS}")
+    split = resolve_split(name, split)
+    if base == "synthetic_objects":
+        return _evaluate_synthetic_dataset(predictor, category_names, options)
+    examples, info = load_tfds_examples(name, split, data_dir)
+    names = category_names or _class_names(info)
+    if base in KEYPOINT_DATASETS:
+        tables = _evaluate_keypoint_dataset(base, examples, predictor, names, options)
+    elif base == "tss":
+        tables = _evaluate_tss_dataset(examples, predictor, out_dir, options)
+    else:
+        tables = _evaluate_internet_dataset(examples, predictor, names, out_dir, options)
+    return _add_notes(tables, base, [f"dataset {name}, split {split}"])

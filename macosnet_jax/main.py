@@ -33,13 +33,6 @@ flags.DEFINE_integer("initialization_timeout", 300, "Seconds to wait for all pro
 flags.DEFINE_integer("heartbeat_timeout", 60, "Seconds without a heartbeat before a peer is declared dead.")
 
 
-class _DropChattyInfo(py_logging.Filter):
-    """Orbax logs every file it writes at INFO; keep its warnings and errors, drop the rest."""
-
-    def filter(self, record):
-        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def maybe_initialize_distributed() -> None:
     """jax.distributed.initialize() when asked to; must run before anything touches a device."""
     explicit = FLAGS.coordinator_address is not None
@@ -56,13 +49,59 @@ def maybe_initialize_distributed() -> None:
                  jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def evaluation_settings(config) -> dict:
+    """What `--mode eval` scores: {'dataset', 'split', 'data_dir', 'options'} from config.evaluation.
+
+    config.evaluation.dataset / split / data_dir (data_dir falls back to config.data.data_dir). Without
+    config.evaluation: the held-out synthetic_objects pairs when the run trained on synthetic_objects, else the
+    'test' split of config.data.tfds_name. synthetic_objects reads num_images / num_pairs / seed from
+    config.evaluation (defaults 48 / 50 / 1000 + config.seed: instances the run never saw) and its categories and
+    image size from the run.
+    """
+    evaluation = config.get("evaluation", None) or {}
+    data = config.get("data", None) or {}
+    dataset = evaluation.get("dataset", None)
+    if not dataset:
+        if data.get("name", None) == "synthetic_objects":
+            dataset = "synthetic_objects"
+        elif data.get("name", None) == "tfds" and data.get("tfds_name", None):
+            dataset = data.get("tfds_name")
+        else:
+            raise app.UsageError("--mode eval: the config names no dataset to evaluate on; set "
+                                 "config.evaluation.dataset (e.g. --config.evaluation.dataset=pf_pascal)")
+    options = {}
+    if dataset == "synthetic_objects":
+        options = dict(image_size=int(config.image_size), num_images=int(evaluation.get("num_images", 48)),
+                       num_pairs=int(evaluation.get("num_pairs", 50)),
+                       seed=int(evaluation.get("seed", 1000 + int(config.get("seed", 0)))),
+                       num_categories=int(evaluation.get("num_categories", None) or data.get("num_categories", None)
+                                          or 6))
+    return {"dataset": dataset, "split": evaluation.get("split", None) or None,
+            "data_dir": evaluation.get("data_dir", None) or data.get("data_dir", None) or None, "options": options}
+
+
 def run_eval(config, workdir: str):
-    """Hook into macosnet_jax.evaluate: `evaluate_from_config(config, workdir)` scores the latest checkpoint."""
-    from macosnet_jax import evaluate
-    if not hasattr(evaluate, "evaluate_from_config"):
-        raise app.UsageError("--mode eval needs macosnet_jax.evaluate.evaluate_from_config(config, workdir), "
-                             "which this version does not have")
-    return evaluate.evaluate_from_config(config, workdir)
+    """Scores the newest checkpoint of `workdir` on config.evaluation's dataset; tables go to <workdir>/eval/.
+
+    The model is rebuilt from <workdir>/config.json (the run's own config), the data settings come from --config.
+    Writes <workdir>/eval/<dataset>_<split>.txt and .json (plus TSS .flo files and predicted masks) and prints
+    the tables. Returns {table name: ResultTable}.
+    """
+    from macosnet_jax import evaluate, predict
+    import jax
+    settings = evaluation_settings(config)
+    matcher = predict.Matcher.from_checkpoint(workdir, layout="macosnet")
+    out_dir = os.path.join(os.path.abspath(workdir), "eval")
+    split = evaluate.resolve_split(settings["dataset"], settings["split"])
+    logging.info("Evaluating %s (split %s) with the newest checkpoint of %s", settings["dataset"], split, workdir)
+    tables = evaluate.evaluate_dataset(settings["dataset"], matcher.match, split=split,
+                                       data_dir=settings["data_dir"], out_dir=out_dir, **settings["options"])
+    if jax.process_index() == 0:
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{settings['dataset']}_{split}")
+        text_path, json_path = evaluate.write_tables(tables, out_dir, stem=stem)
+        print("\n\n".join(table.to_text() for table in tables.values()))
+        logging.info("Wrote %s and %s", text_path, json_path)
+    return tables
 
 
 def main(argv):
@@ -70,12 +109,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.config is None or FLAGS.workdir is None:
         raise app.UsageError("--config and --workdir are required")
-    for handler in py_logging.getLogger().handlers + py_logging.getLogger("absl").handlers:
-        handler.addFilter(_DropChattyInfo())
+    from macosnet_jax import train
+    train.quiet_checkpoint_logging()
     maybe_initialize_distributed()
     import jax
 
-    from macosnet_jax import train
     multi = jax.process_count() > 1
     try:
         if FLAGS.mode == "eval":

@@ -75,18 +75,28 @@ class Matcher:
         self._last = None  # (theta_aff, theta_tps, size_a, size_b) of the last match
 
     @classmethod
-    def from_checkpoint(cls, path, layout: str = "weakalign", image_size: int = 240, precision: Any = "highest"):
-        """Builds a Matcher from a torch weakalign / CNNGeo checkpoint (architecture inferred from the names).
+    def from_checkpoint(cls, path, layout: str = "weakalign", image_size: int | None = None,
+                        precision: Any = "highest", step: int | None = None):
+        """Builds a Matcher from a checkpoint.
 
-        precision: conv/matmul precision ('highest' keeps imported weights faithful on GPUs/TPUs; no cost on CPU).
+        layout 'weakalign' / 'cnngeo': a torch checkpoint file (architecture inferred from the names); image_size
+          defaults to 240. precision: conv/matmul precision ('highest' keeps imported weights faithful on
+          GPUs/TPUs; no cost on CPU).
+        layout 'macosnet': a work dir of ours (or its checkpoints/ folder): the model is the one its config.json
+          describes (config.stage 'strong_synthetic' / 'weak' -> MatchingModel, 'joint' -> MaCoSNet with masks),
+          with params/batch_stats of checkpoint `step` (default: the newest). image_size, if given, must equal the
+          config's. See `load_macosnet_run`.
         """
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
         if layout == "macosnet":
-            raise ValueError(f"{os.fspath(path)}: loading macosnet_jax's own (orbax) checkpoints through "
-                             "Matcher.from_checkpoint is not supported yet; build the model, restore its variables "
-                             "and call Matcher(model, variables, image_size)")
+            model, variables, config = load_macosnet_run(path, step=step)
+            if image_size is not None and int(image_size) != int(config.image_size):
+                raise ValueError(f"{os.fspath(path)}: image_size={image_size} was asked for, but the run was "
+                                 f"trained at config.image_size={config.image_size}")
+            return cls(model, variables, int(config.image_size))
         from macosnet_jax import weights  # the torch reader is only needed here
+        image_size = 240 if image_size is None else int(image_size)
         model, variables = weights.convert_torch_checkpoint(path, layout, image_size=image_size, precision=precision)
         return cls(model, variables, image_size)
 
@@ -121,3 +131,93 @@ class Matcher:
         theta_aff, theta_tps, size_a, size_b = self._last
         return np.asarray(_transfer(theta_aff, theta_tps, points_b, np.asarray(size_b, np.float32),
                                     np.asarray(size_a, np.float32)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Our own runs (layout 'macosnet').
+
+MATCHING_STAGES = ("strong_synthetic", "weak")
+JOINT_STAGES = ("joint",)
+
+
+def _tuples(value):
+    """JSON lists back to tuples (config.json stores the config's tuples as lists; module fields want tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def run_directories(path) -> tuple[str, str]:
+    """(work dir, checkpoints dir) of a run, given either of them. Raises FileNotFoundError naming what is missing."""
+    from macosnet_jax import checkpoint
+    path = checkpoint.absolute(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such directory (expected the work dir of a macosnet_jax run, or its "
+                                "checkpoints/ folder)")
+    if os.path.isdir(checkpoint.checkpoint_dir(path)):
+        return path, checkpoint.checkpoint_dir(path)
+    if os.path.basename(os.path.normpath(path)) == "checkpoints":
+        return os.path.dirname(os.path.normpath(path)), path
+    raise FileNotFoundError(f"{path}: no checkpoint here (no checkpoints/ folder); train first, e.g. "
+                            f"`macosnet --config configs/<experiment>.py --workdir {path}`")
+
+
+def load_run_config(workdir):
+    """The ml_collections ConfigDict of a run, read from `<workdir>/config.json` (written by train.py)."""
+    import json
+
+    import ml_collections
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing: a macosnet_jax work dir holds the config.json of its run "
+                                "(train.train_and_evaluate writes it); without it the model cannot be rebuilt")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    for key in ("stage", "image_size", "model"):
+        if key not in config:
+            raise KeyError(f"{path}: no '{key}' key (has {sorted(config)}); is this a macosnet_jax run?")
+    return ml_collections.ConfigDict(config)
+
+
+def model_for_config(config, where="config"):
+    """The Flax module a training config describes: MatchingModel ('strong_synthetic', 'weak') or MaCoSNet ('joint')."""
+    from macosnet_jax import stages
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model = _tuples(config.model.to_dict())
+    if config.stage in MATCHING_STAGES:
+        return stages.matching_model(config)
+    if config.stage in JOINT_STAGES:
+        return stages.macosnet_model(config)
+    raise ValueError(f"{where}: stage={config.stage!r} has no known inference model; expected one of "
+                     f"{MATCHING_STAGES + JOINT_STAGES}")
+
+
+def load_macosnet_run(path, step: int | None = None, sharding=None):
+    """(model, {'params', 'batch_stats'}, config) of one of our runs: a work dir or its checkpoints/ folder.
+
+    The model comes from `<workdir>/config.json`; the variables from checkpoint `step` (default: the newest),
+    placed with `sharding` (default: the first local device). Raises FileNotFoundError when the folder, its
+    config.json or any checkpoint is missing.
+    """
+    from macosnet_jax import checkpoint
+    workdir, ckpt_dir = run_directories(path)
+    config = load_run_config(workdir)
+    model = model_for_config(config, os.path.join(workdir, "config.json"))
+    ckpt = checkpoint.Checkpointer(ckpt_dir, async_save=False)
+    try:
+        steps = ckpt.all_steps()
+    finally:
+        ckpt.close()
+    if not steps:
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint in this folder (train first, or point at another run)")
+    if step is not None and int(step) not in steps:
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint of step {step} (steps there: {steps})")
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    variables = checkpoint.load_variables(ckpt_dir, sharding, step=step)
+    return model, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, config

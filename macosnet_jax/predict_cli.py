@@ -190,7 +190,9 @@ def build_matcher(args):
     if args.checkpoint:
         if not os.path.isfile(args.checkpoint):
             raise CliError(f"checkpoint file not found: {args.checkpoint}")
-        return predict.Matcher.from_checkpoint(args.checkpoint, layout=args.layout, image_size=args.image_size)
+        # Our own work dirs carry their image size in config.json; torch checkpoints take --image-size.
+        size = None if args.layout == "macosnet" else args.image_size
+        return predict.Matcher.from_checkpoint(args.checkpoint, layout=args.layout, image_size=size)
     from macosnet_jax.models import macosnet, matching  # noqa: PLC0415
 
     config = dict(depth=args.depth, last_layer=args.last_layer, width=args.width, image_size=args.image_size,
@@ -307,8 +309,9 @@ def parse_args(argv):
     parser.add_argument("image_b", nargs="?", help="target image B")
     parser.add_argument("--collection", help="folder of images of one category (collection mode)")
     parser.add_argument("--out", required=True, help="output folder (created)")
-    parser.add_argument("--checkpoint", help="torch checkpoint (.pth / .pth.tar) to load")
-    parser.add_argument("--layout", default="weakalign", help="checkpoint layout: weakalign | cnngeo")
+    parser.add_argument("--checkpoint", help="torch checkpoint (.pth / .pth.tar), or our training work dir")
+    parser.add_argument("--layout", default="weakalign",
+                        help="checkpoint layout: weakalign | cnngeo (torch files) | macosnet (our work dirs)")
     parser.add_argument("--random-init", action="store_true", help="random MatchingModel instead of a checkpoint "
                         "(for testing the pipeline)")
     parser.add_argument("--model", choices=("matching", "macosnet"), default="macosnet",

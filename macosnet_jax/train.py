@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as py_logging
 import math
 import re
 import signal
@@ -84,6 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
         keep_checkpoints=3,
         tensorboard=True,
         init_from="",                 # a previous stage's work dir (or checkpoints dir): weights that fit
+        init_prefix="",               # where init_from's tree goes, e.g. 'matching': MatchingModel inside MaCoSNet
         init_torch=dict(path="", layout="", prefix=""),  # torch weights via macosnet_jax.weights, put under prefix
         optimizer=dict(name="adam", learning_rate=1e-3, lr_boundaries=[], lr_multipliers=[],
                        param_groups=[], group_lr={}, frozen_groups=[], grad_clip_norm=0.0),
@@ -113,12 +115,16 @@ class Stage:
     make_iterator: (start_step, process_index, process_count) -> iterator of per-process numpy dict batches
       (leading axis = global_batch / process_count); batch k of the iterator is the batch of step start_step + k.
     model: the Flax module (for `TrainState.apply_fn`, prediction), optional.
+    load_frozen: (params, batch_stats) of the initial state (after init_from / init_torch) -> the `frozen`
+      variables, optional: e.g. the contrastive loss's perceptual network copied from the initial encoder or
+      imported from torchvision weights. Runs once, at the start of a run (a resumed run restores them).
     """
     init_fn: Callable[[jax.Array], dict]
     loss_fn: LossFn
     make_iterator: Callable[[int, int, int], Iterator[Mapping[str, np.ndarray]]]
     model: Any = None
     name: str = ""
+    load_frozen: Callable[[Any, Any], dict] | None = None
 
 
 _STAGE_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Stage]] = {}
@@ -298,6 +304,19 @@ def make_train_step(stage: Stage, mesh: Mesh, seed: int) -> Callable[[TrainState
 # ------------------------------------------------------------------------------------------------------------
 
 
+class _DropChattyInfo(py_logging.Filter):
+    """Orbax logs every file it writes at INFO; keep its warnings and errors, drop the rest."""
+
+    def filter(self, record):
+        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_checkpoint_logging() -> None:
+    """Installs the filter on the root and absl log handlers (call once, after absl parsed its flags)."""
+    for handler in py_logging.getLogger().handlers + py_logging.getLogger("absl").handlers:
+        handler.addFilter(_DropChattyInfo())
+
+
 class MetricLogger:
     """Writes scalar metrics to `<workdir>/metrics.jsonl` and TensorBoard (`<workdir>/tb`), process 0 only.
 
@@ -422,8 +441,10 @@ def initial_state(config: ml_collections.ConfigDict, stage: Stage, tx, mesh: Mes
     init_from = config.get("init_from", "")
     if init_from:
         loaded = ckpt_lib.load_variables(init_from, rep)
+        prefix = config.get("init_prefix", "")
         for collection in ("params", "batch_stats"):
-            merged, copied = ckpt_lib.merge_variables(getattr(state, collection), loaded[collection],
+            source = {prefix: loaded[collection]} if prefix else loaded[collection]
+            merged, copied = ckpt_lib.merge_variables(getattr(state, collection), source,
                                                       f"config.init_from={init_from} ({collection})")
             state = state.replace(**{collection: merged})
             logging.info("init_from %s: %d %s arrays copied", init_from, copied, collection)
@@ -451,6 +472,15 @@ def initial_state(config: ml_collections.ConfigDict, stage: Stage, tx, mesh: Mes
                 raise ckpt_lib.IncompatibleCheckpointError(
                     f"config.init_torch={init_torch.path}: no parameter path matches the configured model "
                     f"(layout '{init_torch.layout}', prefix '{prefix}')")
+    if stage.load_frozen is not None:
+        # A copy: the step donates the state, and one buffer must not be donated twice (params and frozen).
+        frozen = jax.tree.map(jnp.copy, stage.load_frozen(state.params, state.batch_stats))
+        merged, copied = ckpt_lib.merge_variables(state.frozen, frozen, f"stage {stage.name}: frozen variables")
+        expected = len(jax.tree.leaves(state.frozen))
+        if copied != expected:
+            raise ckpt_lib.IncompatibleCheckpointError(
+                f"stage {stage.name}: load_frozen filled {copied} of the {expected} frozen arrays")
+        state = state.replace(frozen=jax.device_put(merged, rep))
     return state
 
 

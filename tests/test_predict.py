@@ -53,7 +53,7 @@ def test_bad_inputs(matcher_and_ref):
         matcher.transfer(np.zeros((2, 7)))
     with pytest.raises(ValueError, match="built for 60"):
         predict.Matcher(matcher.model, matcher.variables, 64)
-    with pytest.raises(ValueError, match="not supported yet"):
+    with pytest.raises(FileNotFoundError, match="no such directory"):
         predict.Matcher.from_checkpoint("run/ckpt", layout="macosnet")
     with pytest.raises(ValueError, match="unknown layout"):
         predict.Matcher.from_checkpoint("x.pth", layout="ncnet")

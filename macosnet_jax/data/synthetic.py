@@ -355,3 +355,36 @@ def instance_pose(seed: int, index: int, num_categories: int = 6):
     """The generating map (matrix (2, 2), t (2,), amp, freq, phase) of image `index`: image_to_canonical's args."""
     p = _draw_image_params(seed, index, num_categories, make_families(num_categories))
     return tuple(p[k] for k in ("matrix", "t", "amp", "freq", "phase"))
+
+
+def make_synthetic_pairs(num_images: int, size: int = 96, seed: int = 1000, num_categories: int = 6,
+                         num_pairs: int = 200) -> list[dict]:
+    """Held-out evaluation pairs (A, B) of one category from `make_synthetic_objects(num_images, size, seed, ...)`.
+
+    Pairs are drawn with a numpy RNG seeded by `seed` (deterministic); only the landmarks visible in both images
+    are kept. Returns `num_pairs` dicts: 'pair_id' ('a-b'), 'category' (int), 'image_a', 'image_b' (uint8
+    (size, size, 3)), 'keypoints_a', 'keypoints_b' ((P, 2) 1-indexed pixels, P <= NUM_LANDMARKS), 'mask_a',
+    'mask_b' ((size, size) ground truth). Use a seed different from the training set's for held-out instances.
+    """
+    images = make_synthetic_objects(int(num_images), int(size), int(seed), int(num_categories))
+    rng = np.random.default_rng(int(seed))
+    by_category = {int(c): np.flatnonzero(images["category"] == c) for c in np.unique(images["category"])}
+    by_category = {c: members for c, members in by_category.items() if len(members) >= 2}
+    if num_pairs > 0 and not by_category:
+        raise ValueError(f"make_synthetic_pairs: no category has two of the {num_images} images; use more images")
+    pairs, attempts = [], 0
+    while len(pairs) < int(num_pairs):
+        attempts += 1
+        if attempts > 100 * int(num_pairs) + 1000:
+            raise ValueError(f"make_synthetic_pairs: found only {len(pairs)} of {num_pairs} pairs with a landmark "
+                             f"visible in both images among {num_images} images")
+        category = int(rng.choice(sorted(by_category)))
+        a, b = rng.choice(by_category[category], size=2, replace=False)
+        valid = images["visible"][a] & images["visible"][b]
+        if not valid.any():
+            continue
+        pairs.append({"pair_id": f"{a}-{b}", "category": category,
+                      "image_a": images["image"][a], "image_b": images["image"][b],
+                      "keypoints_a": images["keypoints"][a][valid], "keypoints_b": images["keypoints"][b][valid],
+                      "mask_a": images["mask"][a], "mask_b": images["mask"][b]})
+    return pairs

@@ -1,0 +1,58 @@
+"""The CPU demo end to end on its smoke config (configs/demo.py:quick): both stages, evaluation, pictures, resume."""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from macosnet_jax import checkpoint, demo, train
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    config = demo.load_config("quick")
+    summary = demo.run_demo(config, str(workdir))
+    return config, workdir, summary
+
+
+def test_demo_writes_results_tables_and_pictures(quick_run):
+    config, workdir, summary = quick_run
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results["tables"]) == {"identity", "all_foreground", "centred_box", "strong_only", "joint"}
+    for method in ("identity", "strong_only", "joint"):
+        assert 0.0 <= summary[f"{method}/PCK@0.1"] <= 1.0
+    for method in ("all_foreground", "centred_box", "joint"):
+        assert 0.0 <= summary[f"{method}/P"] <= 1.0 and 0.0 <= summary[f"{method}/J"] <= 1.0
+    # The all-foreground mask labels every pixel foreground: P equals J equals the foreground fraction.
+    assert summary["all_foreground/P"] == pytest.approx(summary["all_foreground/J"])
+    assert "convention: kp_extent" in (workdir / "results.txt").read_text()
+    pictures = sorted(p.name for p in (workdir / "pictures").iterdir())
+    assert pictures == ["pair0_keypoints.png", "pair0_match.png"]
+
+
+def test_joint_stage_starts_from_the_strong_stage_and_freezes_its_encoder(quick_run):
+    config, workdir, _ = quick_run
+    mesh = train.make_mesh(jax.devices()[:1])
+    strong = checkpoint.load_variables(str(workdir / "strong"), train.replicated(mesh))
+    joint_first = checkpoint.load_variables(str(workdir / "joint"), train.replicated(mesh),
+                                            step=config.joint.checkpoint_every_steps)
+    # The perceptual network F of the contrastive loss is the strong stage's final encoder, unchanged.
+    for got, want in zip(jax.tree.leaves(joint_first["frozen"]["params"]),
+                         jax.tree.leaves(strong["params"]["encoder"])):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_rerun_resumes_without_retraining(quick_run):
+    config, workdir, summary = quick_run
+
+    def checkpoints():
+        return {str(p): p.stat().st_mtime for stage in ("strong", "joint")
+                for p in (workdir / stage / "checkpoints").iterdir()}
+
+    before = checkpoints()
+    again = demo.run_demo(config, str(workdir))
+    assert checkpoints() == before  # finished stages are restored, not retrained or re-saved
+    for key, value in summary.items():
+        if "/" in key:
+            assert again[key] == pytest.approx(value, abs=1e-6), key
