@@ -12,7 +12,6 @@ is kept), on bad input (config, work dir, incompatible checkpoint) and when a pe
 """
 from __future__ import annotations
 
-import logging as py_logging
 import os
 import sys
 

@@ -10,13 +10,12 @@ Images travel as uint8 and are normalised inside the jitted step (a quarter of t
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from macosnet_jax import geometry, losses
 from macosnet_jax.models.matching import MatchingModel, normalized_correlation
@@ -100,14 +99,20 @@ def _zip_warp_iterators(source, config, start_step, process_index, process_count
         yield batch
 
 
+def _pair_model_init(model, image_size):
+    """init_fn of a model called on (image_a, image_b): rng -> {'params', 'batch_stats'}."""
+    def init_fn(rng):
+        images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+        return model.init(fast_init_key(rng), images, images, train=False)
+    return init_fn
+
+
 @register_stage("strong_synthetic")
 def strong_synthetic(config: ml_collections.ConfigDict) -> Stage:
     """CNNGeo's strong stage on synthetic warps of config.data's images."""
     model = matching_model(config)
 
-    def init_fn(rng):
-        images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-        return model.init(fast_init_key(rng), images, images, train=False)
+    init_fn = _pair_model_init(model, config.image_size)
 
     def loss_fn(params, batch_stats, frozen, batch, rng):
         del frozen, rng
@@ -155,9 +160,7 @@ def weak(config: ml_collections.ConfigDict) -> Stage:
     """weakalign's weak stage: the two-stage matching model from pairs of one category, no ground truth."""
     model = matching_model(config)
 
-    def init_fn(rng):
-        images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-        return model.init(fast_init_key(rng), images, images, train=False)
+    init_fn = _pair_model_init(model, config.image_size)
 
     def loss_fn(params, batch_stats, frozen, batch, rng):
         del frozen, rng
@@ -242,13 +245,13 @@ def joint(config: ml_collections.ConfigDict) -> Stage:
     perceptual = perceptual_network(config)
     triplets = bool(config.losses.get("transitivity", 0.0))
 
+    init_model = _pair_model_init(model, config.image_size)
+
     def init_fn(rng):
+        # F gets a placeholder with the right structure; `load_frozen` fills it once the initial weights are known.
         images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-        key = fast_init_key(rng)
-        variables = model.init(key, images, images, train=False)
-        # Placeholder for F with the right structure; `load_frozen` fills it once the initial weights are known.
-        frozen = perceptual.init(jax.random.fold_in(key, 1), images, train=False)
-        return dict(variables, frozen=frozen)
+        frozen = perceptual.init(fast_init_key(jax.random.fold_in(rng, 1)), images, train=False)
+        return dict(init_model(rng), frozen=frozen)
 
     def loss_fn(params, batch_stats, frozen, batch, rng):
         del rng
