@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
         tensorboard=True,
         init_from="",                 # a previous stage's work dir (or checkpoints dir): weights that fit
         init_prefix="",               # where init_from's tree goes, e.g. 'matching': MatchingModel inside MaCoSNet
+                                      # (a checkpoint that already has this top-level key is merged as is)
         init_torch=dict(path="", layout="", prefix=""),  # torch weights via macosnet_jax.weights, put under prefix
         optimizer=dict(name="adam", learning_rate=1e-3, lr_boundaries=[], lr_multipliers=[],
                        param_groups=[], group_lr={}, frozen_groups=[], grad_clip_norm=0.0),
@@ -443,7 +444,10 @@ def initial_state(config: ml_collections.ConfigDict, stage: Stage, tx, mesh: Mes
         loaded = ckpt_lib.load_variables(init_from, rep)
         prefix = config.get("init_prefix", "")
         for collection in ("params", "batch_stats"):
-            source = {prefix: loaded[collection]} if prefix else loaded[collection]
+            # A checkpoint already in the target layout (e.g. a joint run continued by SPair fine-tuning) has the
+            # prefix at its top level and is merged as is; a bare MatchingModel tree is nested under it.
+            nest = prefix and prefix not in loaded[collection]
+            source = {prefix: loaded[collection]} if nest else loaded[collection]
             merged, copied = ckpt_lib.merge_variables(getattr(state, collection), source,
                                                       f"config.init_from={init_from} ({collection})")
             state = state.replace(**{collection: merged})

@@ -222,6 +222,26 @@ def test_init_from_previous_stage_copies_matching_weights(two_step_run, tmp_path
         train.initial_state(config, stage, train.make_optimizer(config.optimizer), mesh)
 
 
+def test_init_prefix_nests_bare_trees_and_keeps_trees_already_in_layout(two_step_run):
+    previous, first = two_step_run
+    config = tw.toy_config(steps=1)
+    config.init_from = str(previous)
+    stage = tw.build_toy_stage(config)
+    mesh = train.make_mesh(jax.devices()[:1])
+    tx = train.make_optimizer(config.optimizer)
+    top = sorted(train.initial_state(config, stage, tx, mesh).params)[0]
+    # The checkpoint already has `top` at its root: merged as is, every weight copied.
+    config.init_prefix = top
+    got = tw.flat_params(train.initial_state(config, stage, tx, mesh))
+    for key in first:
+        if key != "step":
+            np.testing.assert_array_equal(got[key], first[key], err_msg=key)
+    # A prefix the checkpoint lacks nests the whole tree under it: nothing matches this model, a clear error.
+    config.init_prefix = "matching"
+    with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="no parameter path matches"):
+        train.initial_state(config, stage, tx, mesh)
+
+
 # -- the real strong stage (MatchingModel + grid_loss on synthetic warps) -------------------------------------
 
 
