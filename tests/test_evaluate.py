@@ -424,10 +424,10 @@ def test_evaluate_tss_on_the_tss_builder_examples():
     import io
     import pathlib
 
-    builder = pytest.importorskip("macosnet_datasets.tss.tss_dataset_builder")
+    from macosnet_datasets.tss import tss_dataset_builder as builder
+
     tss = pathlib.Path(builder.__file__).parent / "dummy_data" / "TSS_CVPR2016"
-    if not tss.is_dir():
-        pytest.skip("TSS dummy data not generated")
+    assert tss.is_dir(), f"committed TSS dummy data missing at {tss} (datasets/make_dummy_data.py writes it)"
     csv_path = tss / "data.csv" if (tss / "data.csv").exists() else None
     examples = []
     for _, example in builder.generate_pairs(tss, csv_path):
