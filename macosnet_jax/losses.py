@@ -189,6 +189,29 @@ def matching_loss(corr_ab: jax.Array, theta_aff_ab: jax.Array, theta_tps_ab: jax
     return -(aff + comp)
 
 
+def matching_mask_signal(corr: jax.Array, theta_aff: jax.Array, theta_tps: jax.Array, mask_b: jax.Array,
+                         **score_kwargs) -> jax.Array:
+    """Zero-valued term whose gradient tells B's mask (H, W) which cells the map T_AB matches well (scalar).
+
+    −mean_q (w(q) − sg w(q))·sg(z(q)), summed over the affine and composed maps, where w = mask_b pooled to the
+    grid and z = (s − mean s)/std s standardises the per-cell scores s = `inlier_cell_scores`: the gradient with
+    respect to w(q) is −z(q)/(h·w), so cells that match better than the image's average grow and the others
+    shrink, with a strength that does not depend on the correlation's scale. Its value is exactly 0 and no gradient
+    reaches θ or the correlation. Why: the paper's −Σ_q M_B(q) s(q) has ∂/∂M_B(q) = −s(q) ≤ 0 at every cell,
+    which only says "more foreground"; centring keeps its information (where matching succeeds: on the
+    common object) without that drift. Used with `total_loss(fg_weight_gradient='centered')`.
+    """
+    h, w = _check_corr(corr)
+    weight = average_pool_to(mask_b, h, w)
+    delta = weight - jax.lax.stop_gradient(weight)
+    total = 0.0
+    for tps in (None, theta_tps):
+        scores = jax.lax.stop_gradient(inlier_cell_scores(corr, theta_aff, tps, **score_kwargs))
+        standardized = (scores - jnp.mean(scores)) / (jnp.std(scores) + 1e-8)
+        total = total - jnp.mean(delta * standardized)
+    return total
+
+
 # ----------------------------------------------------------------------------------------------------------
 # §6.2 Forward-backward consistency and §6.3 transitivity.
 
@@ -337,7 +360,7 @@ DEFAULT_WEIGHTS = {"matching": 1.0, "cycle": 1.0, "transitivity": 1.0, "contrast
 def total_loss(outputs: Mapping, weights: Mapping[str, float] = DEFAULT_WEIGHTS, *,
                images: Optional[Mapping[str, jax.Array]] = None,
                descriptor_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
-               fg_weight: str = "mask", stop_gradient_fg_weight: bool = True, inlier_kernel: str = "bilinear",
+               fg_weight: str = "mask", fg_weight_gradient: str = "stop", inlier_kernel: str = "bilinear",
                offset_factor: float = OFFSET_FACTOR, tps_reg: float = 0.2, cycle_grid_size: int = 10,
                composed_consistency: bool = True, cycle_compat: bool = False,
                task_stop_gradient: bool = False, margin: float = 1.0) -> tuple[jax.Array, dict]:
@@ -350,8 +373,11 @@ def total_loss(outputs: Mapping, weights: Mapping[str, float] = DEFAULT_WEIGHTS,
       or a missing key is skipped (not computed). Transitivity needs 'bc' and 'ca'.
     images: {'a', 'b'} normalised images (B, H, W, 3) and descriptor_fn: (N, H, W, 3) -> (N, c), the frozen
       perceptual network (the caller stops gradients to its weights); both needed for the contrastive term.
-    fg_weight: 'mask' | 'maxcorr' | 'none' (SPEC §6.1); stop_gradient_fg_weight keeps the matching term from
-      pushing the masks towards all-foreground (SPEC is silent; a choice). composed_consistency: cycle,
+    fg_weight: 'mask' | 'maxcorr' | 'none' (SPEC §6.1). fg_weight_gradient: what the matching term tells the
+      masks when fg_weight='mask' (SPEC is silent; `matching_mask_signal`): 'stop' none (the matching term only
+      trains θ and the encoder); 'raw' the paper's −Σ M_B(q) s(q) differentiated as it stands (every cell has
+      s(q) ≥ 0, so it pushes all masks towards foreground); 'centered' cells matched better than their image's
+      average are pushed up, the others down. composed_consistency: cycle,
       transitivity and task on Aff(TPS(·)) (False: affine only, the released code). cycle_compat: the
       released cycle loss instead (`cycle_loss_compat`, both directions averaged; squared 240-px units).
     Returns (loss, {term: unweighted batch mean}).
@@ -364,15 +390,22 @@ def total_loss(outputs: Mapping, weights: Mapping[str, float] = DEFAULT_WEIGHTS,
     terms = {}
 
     if use("matching"):
+        if fg_weight_gradient not in ("stop", "raw", "centered"):
+            raise ValueError(f"fg_weight_gradient must be 'stop', 'raw' or 'centered'; got {fg_weight_gradient!r}")
+        score_kwargs = dict(offset_factor=offset_factor, tps_reg=tps_reg, kernel=inlier_kernel)
+
         def pooled_weight(corr, mask):
             w = foreground_weight(fg_weight, corr, mask)
-            return None if w is None or not stop_gradient_fg_weight else jax.lax.stop_gradient(w)
+            return w if w is None or fg_weight_gradient == "raw" else jax.lax.stop_gradient(w)
 
         def one(corr_ab, corr_ba, aff_ab, tps_ab, aff_ba, tps_ba, mask_a, mask_b):
-            return matching_loss(corr_ab, aff_ab, tps_ab, corr_ba, aff_ba, tps_ba,
+            loss = matching_loss(corr_ab, aff_ab, tps_ab, corr_ba, aff_ba, tps_ba,
                                  fg_weight_ab=pooled_weight(corr_ab, mask_b),
-                                 fg_weight_ba=pooled_weight(corr_ba, mask_a), offset_factor=offset_factor,
-                                 tps_reg=tps_reg, kernel=inlier_kernel)
+                                 fg_weight_ba=pooled_weight(corr_ba, mask_a), **score_kwargs)
+            if fg_weight == "mask" and fg_weight_gradient == "centered":
+                loss = loss + 0.5 * (matching_mask_signal(corr_ab, aff_ab, tps_ab, mask_b, **score_kwargs)
+                                     + matching_mask_signal(corr_ba, aff_ba, tps_ba, mask_a, **score_kwargs))
+            return loss
         terms["matching"] = jnp.mean(jax.vmap(one)(
             outputs["corr"]["ab"], outputs["corr"]["ba"], theta_aff["ab"], theta_tps["ab"], theta_aff["ba"],
             theta_tps["ba"], probs["a"], probs["b"]))

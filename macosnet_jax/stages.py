@@ -232,6 +232,7 @@ def joint_loss(model, perceptual, config, params, batch_stats, frozen, batch):
 
     loss, terms = losses.total_loss(
         outputs, weights, images=images, descriptor_fn=descriptor_fn, fg_weight=lc.fg_weight,
+        fg_weight_gradient=lc.get("fg_weight_gradient", "stop"),
         inlier_kernel=lc.get("inlier_kernel", "bilinear"), cycle_grid_size=lc.get("cycle_grid", 10),
         composed_consistency=lc.get("composed_consistency", True),
         task_stop_gradient=lc.get("task_stop_gradient", False), margin=lc.get("contrast_margin", 1.0))

@@ -315,3 +315,56 @@ def test_total_loss_pair_outputs_weights_and_fg_kinds():
     c, a, t = outputs["corr"], outputs["theta_aff"], outputs["theta_tps"]
     plain = jax.jit(jax.vmap(losses.matching_loss))(c["ab"], a["ab"], t["ab"], c["ba"], a["ba"], t["ba"])
     np.testing.assert_allclose(values["none"], np.mean(plain), rtol=1e-5)
+
+
+def _mask_gradient_case(seed=11):
+    rng = np.random.default_rng(seed)
+    outputs = _fake_outputs(rng, triplet=False)
+    fn = lambda o, mode: losses.total_loss(o, {"matching": 1.0}, fg_weight="mask", fg_weight_gradient=mode)[0]  # noqa: E731
+    grads = {m: jax.jit(jax.value_and_grad(fn), static_argnums=1)(outputs, m) for m in ("stop", "raw", "centered")}
+    return outputs, grads
+
+
+def _np_cell_scores(outputs, direction, example):
+    c, a, t = outputs["corr"][direction][example], outputs["theta_aff"][direction][example], \
+        outputs["theta_tps"][direction][example]
+    return [np.asarray(losses.inlier_cell_scores(c, a, tps), np.float64) for tps in (None, t)]
+
+
+def test_fg_weight_gradient_modes_value_and_theta_gradient_unchanged():
+    """'centered' adds a zero-valued term: the loss and every gradient but the masks' equal those of 'stop'."""
+    _, grads = _mask_gradient_case()
+    (v_stop, g_stop), (v_raw, _), (v_cen, g_cen) = grads["stop"], grads["raw"], grads["centered"]
+    np.testing.assert_allclose([v_raw, v_cen], [v_stop, v_stop], rtol=1e-6)
+    for key in ("theta_aff", "theta_tps", "corr"):
+        for d in g_stop[key]:
+            np.testing.assert_allclose(g_cen[key][d], g_stop[key][d], rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(g_stop["mask_logits"]["a"], 0.0)
+    np.testing.assert_array_equal(g_stop["mask_logits"]["b"], 0.0)
+    with pytest.raises(ValueError, match="fg_weight_gradient"):
+        losses.total_loss(_fake_outputs(np.random.default_rng(0), triplet=False), {"matching": 1.0},
+                          fg_weight_gradient="sideways")
+
+
+def test_fg_weight_gradient_raw_and_centered_closed_forms():
+    """d/d(logit) of B's mask pixel: raw −½Σ_maps s(cell)/(B·area)·σ'; centered −½Σ_maps z(cell)/(B·h·w·area)·σ'."""
+    outputs, grads = _mask_gradient_case()
+    batch, size = outputs["mask_logits"]["b"].shape[:2]
+    h = outputs["corr"]["ab"].shape[1]
+    block = size // h
+    for example in range(batch):
+        logits = np.asarray(outputs["mask_logits"]["b"][example], np.float64)
+        p = 1.0 / (1.0 + np.exp(-logits))
+        dsig = p * (1 - p)
+        scores = _np_cell_scores(outputs, "ab", example)  # B's cells are scored by the AB direction
+        raw_cells = -0.5 * sum(scores) / batch / block ** 2
+        z = [(s - s.mean()) / (s.std() + 1e-8) for s in scores]
+        cen_cells = -0.5 * sum(z) / (batch * h * h) / block ** 2
+        up = lambda cells: np.kron(cells, np.ones((block, block))) * dsig  # noqa: E731
+        np.testing.assert_allclose(grads["raw"][1]["mask_logits"]["b"][example], up(raw_cells), rtol=2e-4, atol=1e-9)
+        np.testing.assert_allclose(grads["centered"][1]["mask_logits"]["b"][example], up(cen_cells), rtol=2e-4,
+                                   atol=1e-9)
+    # raw only ever asks for more foreground; centered pushes some cells each way
+    assert np.all(np.asarray(grads["raw"][1]["mask_logits"]["b"]) <= 0)
+    g = np.asarray(grads["centered"][1]["mask_logits"]["b"])
+    assert (g > 0).any() and (g < 0).any()
