@@ -79,8 +79,57 @@ def evaluation_settings(config) -> dict:
             "data_dir": evaluation.get("data_dir", None) or data.get("data_dir", None) or None, "options": options}
 
 
+# Default validation score per table (the first table of evaluate_dataset's result that has one is used).
+_DEFAULT_SCORE_COLUMNS = ("PCK@0.1", "flip_back", "J")
+
+
+def validation_score(tables: dict, metric: str = "") -> float:
+    """One number from evaluate_dataset's tables: `metric` = 'table/column' of the summary row (e.g.
+    'img224/PCK@0.1'), or by default the first table's PCK@0.1 (TSS: flip_back flow PCK; Internet: J)."""
+    if metric:
+        name, _, column = metric.partition("/")
+        table = tables.get(name)
+        if table is None or column not in table.columns:
+            available = [f"{n}/{c}" for n, t in tables.items() for c in t.columns]
+            raise ValueError(f"config.evaluation.metric={metric!r} is not in the evaluation tables; choose one of "
+                             f"{available}")
+        return float(table.rows[table.summary_rows[0]][column])
+    for table in tables.values():
+        for column in _DEFAULT_SCORE_COLUMNS:
+            if column in table.columns:
+                return float(table.rows[table.summary_rows[0]][column])
+    raise ValueError(f"no default validation score in tables {list(tables)}; set config.evaluation.metric")
+
+
+def validation_fn(config):
+    """(state) -> validation score for early stopping (SPEC §7.3), or None when config.evaluation.every_steps is
+    0 or absent. Scores config.evaluation's dataset and split (see `evaluation_settings`) with the state's weights;
+    which number: config.evaluation.metric (see `validation_score`)."""
+    evaluation = config.get("evaluation", None) or {}
+    if not int(evaluation.get("every_steps", 0) or 0):
+        return None
+    import jax
+    import numpy as np
+    from macosnet_jax import evaluate, predict
+    settings = evaluation_settings(config)
+    split = evaluate.resolve_split(settings["dataset"], settings["split"])
+    model = predict.model_for_config(config)
+    metric = evaluation.get("metric", "") or ""
+
+    def validate(state):
+        # The replicated arrays' local copy: works when the state spans several processes.
+        variables = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)),
+                                 {"params": state.params, "batch_stats": state.batch_stats})
+        matcher = predict.Matcher(model, variables, int(config.image_size))
+        tables = evaluate.evaluate_dataset(settings["dataset"], matcher.match, split=split,
+                                           data_dir=settings["data_dir"], **settings["options"])
+        return validation_score(tables, metric)
+    return validate
+
+
 def run_eval(config, workdir: str):
-    """Scores the newest checkpoint of `workdir` on config.evaluation's dataset; tables go to <workdir>/eval/.
+    """Scores `workdir` on config.evaluation's dataset (its best-validation state when it has best/, else its newest
+    checkpoint); tables go to <workdir>/eval/.
 
     The model is rebuilt from <workdir>/config.json (the run's own config), the data settings come from --config.
     Writes <workdir>/eval/<dataset>_<split>.txt and .json (plus TSS .flo files and predicted masks) and prints
@@ -88,11 +137,15 @@ def run_eval(config, workdir: str):
     """
     from macosnet_jax import evaluate, predict
     import jax
+    from macosnet_jax import train
     settings = evaluation_settings(config)
-    matcher = predict.Matcher.from_checkpoint(workdir, layout="macosnet")
+    best = train.best_checkpoint_dir(workdir)
+    source = best if os.path.isdir(best) else workdir  # a run with validation: its best state
+    matcher = predict.Matcher.from_checkpoint(source, layout="macosnet")
     out_dir = os.path.join(os.path.abspath(workdir), "eval")
     split = evaluate.resolve_split(settings["dataset"], settings["split"])
-    logging.info("Evaluating %s (split %s) with the newest checkpoint of %s", settings["dataset"], split, workdir)
+    logging.info("Evaluating %s (split %s) with the %s of %s", settings["dataset"], split,
+                 "best-validation checkpoint" if source == best else "newest checkpoint", workdir)
     tables = evaluate.evaluate_dataset(settings["dataset"], matcher.match, split=split,
                                        data_dir=settings["data_dir"], out_dir=out_dir, **settings["options"])
     if jax.process_index() == 0:
@@ -118,7 +171,7 @@ def main(argv):
         if FLAGS.mode == "eval":
             run_eval(FLAGS.config, FLAGS.workdir)
         else:
-            train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            train.train_and_evaluate(FLAGS.config, FLAGS.workdir, validate=validation_fn(FLAGS.config))
     except train.NonFiniteLossError as e:
         logging.error("%s", e)
         _exit(1, multi)

@@ -150,7 +150,8 @@ def _tuples(value):
 
 
 def run_directories(path) -> tuple[str, str]:
-    """(work dir, checkpoints dir) of a run, given either of them. Raises FileNotFoundError naming what is missing."""
+    """(work dir, checkpoints dir) of a run, given the work dir, its checkpoints/ or its best/ (train.py's
+    best-validation state). Raises FileNotFoundError naming what is missing."""
     from macosnet_jax import checkpoint
     path = checkpoint.absolute(path)
     if not os.path.isdir(path):
@@ -158,7 +159,7 @@ def run_directories(path) -> tuple[str, str]:
                                 "checkpoints/ folder)")
     if os.path.isdir(checkpoint.checkpoint_dir(path)):
         return path, checkpoint.checkpoint_dir(path)
-    if os.path.basename(os.path.normpath(path)) == "checkpoints":
+    if os.path.basename(os.path.normpath(path)) in ("checkpoints", "best"):  # best/: the best-validation state
         return os.path.dirname(os.path.normpath(path)), path
     raise FileNotFoundError(f"{path}: no checkpoint here (no checkpoints/ folder); train first, e.g. "
                             f"`macosnet --config configs/<experiment>.py --workdir {path}`")

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging as py_logging
 import math
+import os
 import re
 import signal
 import threading
@@ -488,12 +489,66 @@ def initial_state(config: ml_collections.ConfigDict, stage: Stage, tx, mesh: Mes
     return state
 
 
+class ValidationRecord:
+    """Validation scores of a run, its best step and whether it stopped early: `<workdir>/validation.json`.
+
+    Early stopping (SPEC §7.3, the released joint script): training ends once a score falls more than
+    `drop` below the best so far. The record survives restarts, so a resumed run keeps its best and a run that
+    already stopped early is not trained further.
+    """
+
+    def __init__(self, workdir: str, drop: float):
+        self.path = epath.Path(workdir) / "validation.json"
+        self.drop = float(drop)
+        self.history: list[tuple[int, float]] = []
+        self.best_step: int | None = None
+        self.best_score = -math.inf
+        self.stopped_at: int | None = None
+        if self.path.exists():
+            try:
+                saved = json.loads(self.path.read_text())
+                self.history = [(int(s), float(v)) for s, v in saved["history"]]
+                self.best_step, self.best_score = saved["best_step"], float(saved["best_score"])
+                self.stopped_at = saved.get("stopped_at")
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{self.path}: unreadable validation record ({type(e).__name__}: {e}); move it "
+                                 "aside to restart the best-model tracking") from e
+
+    def add(self, step: int, score: float) -> tuple[bool, bool]:
+        """Records a score; returns (is_new_best, stop_now). A NaN score is recorded but never best."""
+        self.history.append((int(step), float(score)))
+        is_best = math.isfinite(score) and score > self.best_score
+        if is_best:
+            self.best_step, self.best_score = int(step), float(score)
+        stop = self.drop > 0 and self.best_step is not None and not score >= self.best_score - self.drop
+        if stop:
+            self.stopped_at = int(step)
+        return is_best, stop
+
+    def write(self) -> None:
+        self.path.write_text(json.dumps({"history": self.history, "best_step": self.best_step,
+                                         "best_score": self.best_score if self.best_step is not None else None,
+                                         "stopped_at": self.stopped_at, "early_stop_drop": self.drop}, indent=1))
+
+
+def best_checkpoint_dir(workdir: str) -> str:
+    """Where the best-validation state of a run is kept (a checkpoints folder; `load_variables` reads it)."""
+    return os.path.join(ckpt_lib.absolute(workdir), "best")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage: Stage | None = None,
-                       mesh: Mesh | None = None) -> TrainState:
+                       mesh: Mesh | None = None,
+                       validate: Callable[[TrainState], float] | None = None) -> TrainState:
     """Trains `config.total_steps` steps (resuming from `workdir` when it holds a checkpoint); returns the state.
 
     Config fields used: seed, total_steps, batch_size (global), optimizer (see make_optimizer), log_every_steps,
-    checkpoint_every_steps, keep_checkpoints, init_from, init_torch, stage (when `stage` is not given).
+    checkpoint_every_steps, keep_checkpoints, init_from, init_torch, stage (when `stage` is not given), and with
+    `validate`: evaluation.every_steps and evaluation.early_stop_drop.
+    validate: (state) -> score, higher is better (e.g. validation PCK; every process calls it). When given and
+      config.evaluation.every_steps > 0, it runs every that many steps and at the last step; scores are logged as
+      'validation', the best state is kept in `best_checkpoint_dir(workdir)` and `validation.json`, and training
+      stops early once a score is more than evaluation.early_stop_drop (> 0) below the best. The returned state
+      is then the last one trained; the best is in best/.
     Raises NonFiniteLossError on a NaN/Inf step (after making sure the last good checkpoint is written).
     """
     workdir = check_workdir(workdir)
@@ -523,6 +578,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
         logging.info("Resumed from %s at step %d.", checkpointer.directory, start_step)
     else:
         state, start_step = initial_state(config, stage, tx, mesh), 0
+
+    evaluation = config.get("evaluation", None) or {}
+    validate_every = int(evaluation.get("every_steps", 0) or 0) if validate is not None else 0
+    record = ValidationRecord(workdir, evaluation.get("early_stop_drop", 0.0) or 0.0) if validate_every else None
+    if record is not None and record.stopped_at is not None:
+        logging.info("%s stopped early at step %d (validation %.4g, best %.4g at step %d); not training further.",
+                     workdir, record.stopped_at, record.history[-1][1], record.best_score, record.best_step)
+        return state
+    best_checkpointer = (ckpt_lib.Checkpointer(best_checkpoint_dir(workdir), max_to_keep=1)
+                         if record is not None else None)
 
     step_fn = make_train_step(stage, mesh, config.seed)
     logger = MetricLogger(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
@@ -587,7 +652,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
                     logging.warning("Preempted: checkpoint of step %d written to %s; exiting.", step,
                                     checkpointer.directory)
                     break
+                if record is not None and (step % validate_every == 0 or step == total):
+                    flush(step)
+                    score = float(validate(state))
+                    is_best, stop = record.add(step, score)
+                    logger.write(step, {"validation": score})
+                    logging.info("step %d: validation %.4g (best %.4g at step %s)", step, score, record.best_score,
+                                 record.best_step)
+                    if is_best:
+                        best_checkpointer.save(step, state, config_dict, position(step))
+                    if stop:
+                        save(step)
+                    if is_main:
+                        record.write()
+                    if stop:
+                        logging.warning("Early stop at step %d: validation %.4g is more than %.4g below the best "
+                                        "%.4g (step %d); the best state is in %s.", step, score, record.drop,
+                                        record.best_score, record.best_step, best_checkpoint_dir(workdir))
+                        break
     finally:
         checkpointer.close()  # waits for async saves: the last good checkpoint is complete on disk.
+        if best_checkpointer is not None:
+            best_checkpointer.close()
         logger.close()
     return state

@@ -173,6 +173,38 @@ def test_run_eval_on_tss_writes_tables_flo_files_and_masks(joint_run, data_dir, 
     assert set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 255}
 
 
+def test_validation_fn_scores_the_configured_split_and_best_dir_is_used(joint_run, data_dir, tmp_path):
+    """Early stopping's validation (main.validation_fn) scores what run_eval scores, from a live state; a run's
+    best/ folder (train.best_checkpoint_dir) is what run_eval and Matcher.from_checkpoint read when it exists."""
+    import shutil
+    import types
+
+    from macosnet_jax import main, train
+    workdir, variables = joint_run
+    config = _config("macosnet_tss")
+    config.model.width = 8
+    config.evaluation.data_dir = data_dir
+    config.evaluation.every_steps = 0
+    assert main.validation_fn(config) is None  # validation off
+    config.evaluation.every_steps = 5
+    state = types.SimpleNamespace(params=jax.tree.map(jnp.asarray, variables["params"]),
+                                  batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]))
+    score = main.validation_fn(config)(state)
+    tables = evaluate.evaluate_dataset("tss", predict.Matcher.from_checkpoint(workdir, layout="macosnet").match,
+                                       split="test", data_dir=data_dir)
+    assert score == pytest.approx(tables["flow_pck"].rows["mean"]["flip_back"])
+    assert main.validation_score(tables, "coseg/compat J") == pytest.approx(tables["coseg"].rows["mean"]["compat J"])
+    with pytest.raises(ValueError, match="flow_pck/flip_back"):
+        main.validation_score(tables, "flow_pck/PCK@0.1")
+    # A copy of the run with a best/ folder: from_checkpoint accepts it, run_eval prefers it.
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run, ignore=shutil.ignore_patterns("eval"))
+    shutil.copytree(run / "checkpoints", train.best_checkpoint_dir(run))
+    assert predict.run_directories(train.best_checkpoint_dir(run)) == (str(run), train.best_checkpoint_dir(run))
+    shutil.rmtree(run / "checkpoints")  # only best/ is left: run_eval must read it
+    assert main.run_eval(config, str(run))["flow_pck"].rows["mean"]["flip_back"] == pytest.approx(score)
+
+
 def test_pf_pascal_tables_follow_the_conventions(matcher, data_dir, tmp_path):
     tables = evaluate.evaluate_dataset("pf_pascal", matcher.match, split="test", data_dir=data_dir)
     assert list(tables) == ["img224", "kp_extent"]

@@ -173,6 +173,61 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
 
+def _scripted_validation(scores):
+    """A validate(state) that returns scores[state.step - 1] and records the steps it was called at."""
+    calls = []
+
+    def validate(state):
+        step = int(jax.device_get(state.step))
+        calls.append(step)
+        return scores[step - 1]
+    return validate, calls
+
+
+def _restore_step(directory):
+    ck = ckpt_lib.Checkpointer(directory, async_save=False)
+    try:
+        return ck.all_steps()
+    finally:
+        ck.close()
+
+
+def test_early_stop_keeps_best_state_and_does_not_resume_training(tmp_path):
+    """SPEC §7.3: stop once validation falls more than early_stop_drop below the best; best/ holds the best step."""
+    config = tw.toy_config(steps=8, ckpt_every=4)
+    config.evaluation = dict(every_steps=1, early_stop_drop=0.2)
+    validate, calls = _scripted_validation([0.1, 0.3, 0.25, 0.05, 0.9, 0.9, 0.9, 0.9])
+    mesh = train.make_mesh(jax.devices()[:1])
+    state = train.train_and_evaluate(config, str(tmp_path), mesh=mesh, validate=validate)
+    assert calls == [1, 2, 3, 4] and int(state.step) == 4  # 0.05 < 0.3 - 0.2 at step 4
+    record = json.loads((tmp_path / "validation.json").read_text())
+    assert record["best_step"] == 2 and record["stopped_at"] == 4 and record["best_score"] == 0.3
+    assert [s for s, _ in record["history"]] == [1, 2, 3, 4]
+    assert _restore_step(train.best_checkpoint_dir(tmp_path)) == [2]
+    assert 4 in _restore_step(ckpt_lib.checkpoint_dir(tmp_path))  # the stop step is saved too
+    best = ckpt_lib.load_variables(train.best_checkpoint_dir(tmp_path), train.replicated(mesh))
+    assert jax.tree.structure(best["params"]) == jax.tree.structure(jax.device_get(state.params))
+    logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [m["validation"] for m in logged if "validation" in m] == [0.1, 0.3, 0.25, 0.05]
+    # Running the command again does not train past the early stop.
+    state = train.train_and_evaluate(config, str(tmp_path), mesh=mesh, validate=validate)
+    assert calls == [1, 2, 3, 4] and int(state.step) == 4
+
+
+def test_validation_without_drop_tracks_best_and_runs_to_the_end(tmp_path):
+    config = tw.toy_config(steps=6, ckpt_every=3)
+    config.evaluation = dict(every_steps=2, early_stop_drop=0.0)
+    validate, calls = _scripted_validation([0.0, 0.5, 0.0, 0.1, 0.0, 0.7])
+    state = train.train_and_evaluate(config, str(tmp_path), mesh=train.make_mesh(jax.devices()[:1]),
+                                     validate=validate)
+    assert calls == [2, 4, 6] and int(state.step) == 6
+    record = json.loads((tmp_path / "validation.json").read_text())
+    assert record["best_step"] == 6 and record["stopped_at"] is None
+    (tmp_path / "validation.json").write_text("{not json")
+    with pytest.raises(ValueError, match="validation.json: unreadable"):
+        train.train_and_evaluate(config, str(tmp_path), mesh=train.make_mesh(jax.devices()[:1]), validate=validate)
+
+
 def test_unwritable_workdir_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a dir")
