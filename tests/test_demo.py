@@ -56,3 +56,28 @@ def test_rerun_resumes_without_retraining(quick_run):
     for key, value in summary.items():
         if "/" in key:
             assert again[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_mask_signals_script_on_the_quick_run(quick_run, capsys):
+    """scripts/mask_signals.py: the landscape rows and per-term pushes; the 'gt' row's contrastive d⁺ is small and
+    the all-background row's is exactly 0 (both foregrounds empty → identical descriptors)."""
+    import importlib.util
+    import pathlib
+    _, workdir, _ = quick_run
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "mask_signals.py"
+    spec = importlib.util.spec_from_file_location("mask_signals", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    labels = np.array([True, True, False, False])
+    assert module._auc(np.array([3.0, 2.0, 1.0, 0.0]), labels, samples=200) == 1.0
+    assert module._auc(np.array([0.0, 1.0, 2.0, 3.0]), labels, samples=200) == 0.0
+    module.main(["--config", str(demo.DEFAULT_CONFIG) + ":quick", "--init_from", str(workdir / "strong"),
+                 "--batch", "2"])
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()
+            and line.split()[0] in module.CONSTRUCTED}
+    assert set(rows) == set(module.CONSTRUCTED)
+    header = next(line for line in out.splitlines() if line.startswith("masks")).split()[1:]
+    assert float(rows["all_bg"][header.index("contrastive")]) < 1e-6 or \
+        float(rows["all_bg"][header.index("contrastive")]) <= float(rows["gt"][header.index("contrastive")])
+    assert "matching" in out and "AUC" in out and "(no gradient to the masks)" in out  # cycle/transitivity
