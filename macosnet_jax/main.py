@@ -109,18 +109,23 @@ def validation_fn(config):
     if not int(evaluation.get("every_steps", 0) or 0):
         return None
     import jax
-    import numpy as np
     from macosnet_jax import evaluate, predict
     settings = evaluation_settings(config)
     split = evaluate.resolve_split(settings["dataset"], settings["split"])
     model = predict.model_for_config(config)
     metric = evaluation.get("metric", "") or ""
+    matcher = None  # built once: its jitted forward takes the variables as an argument, so it compiles once
 
     def validate(state):
-        # The replicated arrays' local copy: works when the state spans several processes.
-        variables = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)),
-                                 {"params": state.params, "batch_stats": state.batch_stats})
-        matcher = predict.Matcher(model, variables, int(config.image_size))
+        nonlocal matcher
+        # One local copy of the replicated weights per validation (works when the state spans several processes),
+        # placed on this process's first device so the per-pair calls do not copy them again.
+        variables = jax.device_put(jax.tree.map(lambda x: x.addressable_data(0),
+                                                {"params": state.params, "batch_stats": state.batch_stats}),
+                                   jax.local_devices()[0])
+        if matcher is None:
+            matcher = predict.Matcher(model, variables, int(config.image_size))
+        matcher.variables = variables
         tables = evaluate.evaluate_dataset(settings["dataset"], matcher.match, split=split,
                                            data_dir=settings["data_dir"], **settings["options"])
         return validation_score(tables, metric)
@@ -135,9 +140,8 @@ def run_eval(config, workdir: str):
     Writes <workdir>/eval/<dataset>_<split>.txt and .json (plus TSS .flo files and predicted masks) and prints
     the tables. Returns {table name: ResultTable}.
     """
-    from macosnet_jax import evaluate, predict
     import jax
-    from macosnet_jax import train
+    from macosnet_jax import evaluate, predict, train
     settings = evaluation_settings(config)
     best = train.best_checkpoint_dir(workdir)
     source = best if os.path.isdir(best) else workdir  # a run with validation: its best state

@@ -508,7 +508,9 @@ class ValidationRecord:
             try:
                 saved = json.loads(self.path.read_text())
                 self.history = [(int(s), float(v)) for s, v in saved["history"]]
-                self.best_step, self.best_score = saved["best_step"], float(saved["best_score"])
+                self.best_step = saved["best_step"]
+                if self.best_step is not None:  # no finite score yet: best_score stays -inf
+                    self.best_score = float(saved["best_score"])
                 self.stopped_at = saved.get("stopped_at")
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"{self.path}: unreadable validation record ({type(e).__name__}: {e}); move it "
@@ -585,6 +587,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
     if record is not None and record.stopped_at is not None:
         logging.info("%s stopped early at step %d (validation %.4g, best %.4g at step %d); not training further.",
                      workdir, record.stopped_at, record.history[-1][1], record.best_score, record.best_step)
+        checkpointer.close()
         return state
     best_checkpointer = (ckpt_lib.Checkpointer(best_checkpoint_dir(workdir), max_to_keep=1)
                          if record is not None else None)

@@ -189,7 +189,9 @@ def test_validation_fn_scores_the_configured_split_and_best_dir_is_used(joint_ru
     config.evaluation.every_steps = 5
     state = types.SimpleNamespace(params=jax.tree.map(jnp.asarray, variables["params"]),
                                   batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]))
-    score = main.validation_fn(config)(state)
+    validate = main.validation_fn(config)
+    score = validate(state)
+    assert validate(state) == score  # the second call reuses the jitted matcher with the new weights
     tables = evaluate.evaluate_dataset("tss", predict.Matcher.from_checkpoint(workdir, layout="macosnet").match,
                                        split="test", data_dir=data_dir)
     assert score == pytest.approx(tables["flow_pck"].rows["mean"]["flip_back"])

@@ -223,6 +223,14 @@ def test_validation_without_drop_tracks_best_and_runs_to_the_end(tmp_path):
     assert calls == [2, 4, 6] and int(state.step) == 6
     record = json.loads((tmp_path / "validation.json").read_text())
     assert record["best_step"] == 6 and record["stopped_at"] is None
+    # A record with no finite score yet (only NaN) reads back: nothing is best, nothing stops.
+    (tmp_path / "nan").mkdir()
+    nan_record = train.ValidationRecord(str(tmp_path / "nan"), drop=0.1)
+    assert nan_record.add(1, float("nan")) == (False, False)
+    nan_record.write()
+    reread = train.ValidationRecord(str(tmp_path / "nan"), drop=0.1)
+    assert reread.best_step is None and reread.best_score == -float("inf") and len(reread.history) == 1
+    assert reread.add(2, 0.4) == (True, False)
     (tmp_path / "validation.json").write_text("{not json")
     with pytest.raises(ValueError, match="validation.json: unreadable"):
         train.train_and_evaluate(config, str(tmp_path), mesh=train.make_mesh(jax.devices()[:1]), validate=validate)
