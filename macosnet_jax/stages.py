@@ -212,6 +212,17 @@ def load_perceptual_variables(config: ml_collections.ConfigDict, params, batch_s
 LOSS_TERMS = ("matching", "cycle", "transitivity", "contrastive", "task")
 
 
+def total_loss_options(losses_config) -> dict:
+    """config.losses -> the keyword options of `losses.total_loss` (everything but the λs), with its defaults."""
+    lc = losses_config
+    return dict(fg_weight=lc.fg_weight, fg_weight_gradient=lc.get("fg_weight_gradient", "stop"),
+                inlier_kernel=lc.get("inlier_kernel", "bilinear"), cycle_grid_size=lc.get("cycle_grid", 10),
+                composed_consistency=lc.get("composed_consistency", True),
+                task_stop_gradient=lc.get("task_stop_gradient", False), margin=lc.get("contrast_margin", 1.0),
+                pseudo_label_threshold=lc.get("pseudo_label_threshold", 0.5),
+                pseudo_label_sharpness=lc.get("pseudo_label_sharpness", 10.0))
+
+
 def joint_loss(model, perceptual, config, params, batch_stats, frozen, batch):
     """The full objective on a batch of triplets (or pairs when every transitivity weight is 0)."""
     lc = config.losses
@@ -230,12 +241,8 @@ def joint_loss(model, perceptual, config, params, batch_stats, frozen, batch):
     def descriptor_fn(x):
         return global_pool_features(perceptual.apply(frozen, x, train=False)["features"])
 
-    loss, terms = losses.total_loss(
-        outputs, weights, images=images, descriptor_fn=descriptor_fn, fg_weight=lc.fg_weight,
-        fg_weight_gradient=lc.get("fg_weight_gradient", "stop"),
-        inlier_kernel=lc.get("inlier_kernel", "bilinear"), cycle_grid_size=lc.get("cycle_grid", 10),
-        composed_consistency=lc.get("composed_consistency", True),
-        task_stop_gradient=lc.get("task_stop_gradient", False), margin=lc.get("contrast_margin", 1.0))
+    loss, terms = losses.total_loss(outputs, weights, images=images, descriptor_fn=descriptor_fn,
+                                    **total_loss_options(lc))
     return loss, (mutated["batch_stats"], terms)
 
 

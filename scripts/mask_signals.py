@@ -54,14 +54,6 @@ def _auc(scores: np.ndarray, labels: np.ndarray, samples: int = 4000) -> float:
     return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
 
 
-def loss_kwargs(config) -> dict:
-    lc = config.losses
-    return dict(fg_weight=lc.fg_weight, fg_weight_gradient=lc.get("fg_weight_gradient", "stop"),
-                inlier_kernel=lc.get("inlier_kernel", "bilinear"), cycle_grid_size=lc.get("cycle_grid", 10),
-                composed_consistency=lc.get("composed_consistency", True),
-                task_stop_gradient=lc.get("task_stop_gradient", False), margin=lc.get("contrast_margin", 1.0))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(demo.DEFAULT_CONFIG), help="demo-style config file[:arg]")
@@ -100,17 +92,19 @@ def main(argv=None):
         return global_pool_features(perceptual.apply(state.frozen, x, train=False)["features"])
 
     weights = {name: float(config.losses.get(name, 0.0)) for name in stages.LOSS_TERMS}
-    kwargs = loss_kwargs(config)
+    kwargs = stages.total_loss_options(config.losses)
     gt = {k: jnp.asarray(batch["mask_" + k], jnp.float32) for k in "ab"}
     print(f"batch of {args.batch} triplets, object fraction {float(gt['a'].mean()):.3f}; losses {dict(config.losses)}")
 
     print("\n1. loss at constructed masks (logits ±5)")
-    print(f"{'masks':8s} {'total':>8s} " + " ".join(f"{t:>12s}" for t in stages.LOSS_TERMS if weights[t]))
+    columns = [t for t in stages.LOSS_TERMS if weights[t]]
+    if weights["matching"] and kwargs["fg_weight_gradient"] == "pseudo_label":
+        columns.append("mask_label")  # part of the matching term (λ_match), shown on its own
+    print(f"{'masks':8s} {'total':>8s} " + " ".join(f"{t:>12s}" for t in columns))
     for name, (fg, bg) in CONSTRUCTED.items():
         constructed = dict(outputs, mask_logits={k: fg * gt[k] + bg * (1 - gt[k]) for k in "ab"})
         total, terms = losses.total_loss(constructed, weights, images=images, descriptor_fn=descriptor_fn, **kwargs)
-        print(f"{name:8s} {float(total):8.4f} " + " ".join(f"{float(terms[t]):12.4f}" for t in stages.LOSS_TERMS
-                                                          if weights[t]))
+        print(f"{name:8s} {float(total):8.4f} " + " ".join(f"{float(terms[t]):12.4f}" for t in columns))
 
     print("\n2. push −∂L/∂logit on the model's masks (image A), per term")
     probs = np.asarray(jax.nn.sigmoid(outputs["mask_logits"]["a"]))

@@ -368,3 +368,99 @@ def test_fg_weight_gradient_raw_and_centered_closed_forms():
     assert np.all(np.asarray(grads["raw"][1]["mask_logits"]["b"]) <= 0)
     g = np.asarray(grads["centered"][1]["mask_logits"]["b"])
     assert (g > 0).any() and (g < 0).any()
+
+
+def _np_upsample_half_pixel(cells: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear (h, w) -> (size, size) with half-pixel centres and edge clamping, in NumPy (independent)."""
+    h = cells.shape[0]
+    pos = (np.arange(size) + 0.5) * h / size - 0.5  # pixel centre in cell-index units
+    pos = np.clip(pos, 0, h - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, h - 1)
+    frac = pos - lo
+    rows = cells[lo] * (1 - frac)[:, None] + cells[hi] * frac[:, None]
+    return rows[:, lo] * (1 - frac)[None] + rows[:, hi] * frac[None]
+
+
+def _np_pseudo_labels(partners, threshold, sharpness):
+    def standardize(x):
+        return (x - x.mean()) / (x.std() + 1e-8)
+    zs = []
+    for corr, aff, tps in partners:
+        s = np.asarray(losses.inlier_cell_scores(corr, aff, tps), np.float64)
+        zs.append(standardize(s / (np.asarray(corr, np.float64).max(-1) + 1e-6)))
+    z = standardize(sum(zs) / len(zs))
+    return 1.0 / (1.0 + np.exp(-sharpness * (z - threshold)))
+
+
+def test_matching_pseudo_labels_closed_form_and_constant():
+    rng = np.random.default_rng(21)
+    outputs = _fake_outputs(rng, batch=1, h=5)
+    partner = lambda d: (outputs["corr"][d][0], outputs["theta_aff"][d][0], outputs["theta_tps"][d][0])  # noqa: E731
+    for partners, thr, sharp in (([partner("ab")], 0.5, 10.0), ([partner("ab"), partner("ba")], 1.0, 3.0)):
+        got = losses.matching_pseudo_labels(partners, threshold=thr, sharpness=sharp)
+        np.testing.assert_allclose(got, _np_pseudo_labels(partners, thr, sharp), rtol=1e-4, atol=1e-6)
+    # A cell whose predicted match is also its best correlation is labelled foreground, the others background:
+    # identity affine maps (the composed map scores only strictly interior cells); the left half's correlation peaks at the cell's own position, the right half's elsewhere.
+    h = 4
+    corr = np.full((h, h, h * h), 0.1, np.float32)
+    for y in range(h):
+        for x in range(h):
+            match = x if x < h // 2 else h - 1 - x  # right half: peaked at the mirrored (wrong) column
+            corr[y, x, match * h + (h - 1 - y if x >= h // 2 else y)] = 1.0  # channel k = x·h + y
+    labels = losses.matching_pseudo_labels([(jnp.asarray(corr), geometry.IDENTITY_AFFINE, None)],
+                                           offset_factor=1.0)
+    assert np.all(np.asarray(labels)[:, : h // 2] > 0.9) and np.all(np.asarray(labels)[:, h // 2:] < 0.1)
+    # a teacher: no gradient reaches the correlation or θ
+    grad = jax.grad(lambda c, a: jnp.sum(losses.matching_pseudo_labels([(c, a, partners[0][2])])), argnums=(0, 1))(
+        partners[0][0], partners[0][1])
+    assert all(not np.any(np.asarray(g)) for g in grad)
+    with pytest.raises(ValueError, match="partner"):
+        losses.matching_pseudo_labels([])
+
+
+def test_pseudo_label_loss_is_bce_on_upsampled_targets():
+    rng = np.random.default_rng(22)
+    cells = rng.uniform(0, 1, (4, 4)).astype(np.float32)
+    logits = rng.normal(size=(16, 16)).astype(np.float32)
+    target = _np_upsample_half_pixel(cells.astype(np.float64), 16)
+    p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    expected = np.mean(-(target * np.log(p) + (1 - target) * np.log(1 - p)))
+    value, grad = jax.value_and_grad(losses.pseudo_label_loss)(jnp.asarray(logits), jnp.asarray(cells))
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(grad, (p - target) / logits.size, rtol=1e-4, atol=1e-9)  # (σ − t)/N: no saturation
+
+
+def test_fg_weight_gradient_pseudo_label_adds_mask_label_term():
+    """'pseudo_label': matching value and θ-gradients as 'stop'; the masks' gradient is that of the BCE against
+    the labels (A labelled by B and, in a triplet, C; B by A); the term is weighted by λ_match."""
+    rng = np.random.default_rng(23)
+    outputs = _fake_outputs(rng, batch=2, h=4, triplet=True)
+    outputs["corr"]["ca"] = correlation.normalize_correlation(
+        jnp.asarray(rng.normal(size=(2, 4, 4, 16)).astype(np.float32)))
+    weights = {"matching": 2.0}
+
+    def fn(o, mode):
+        return losses.total_loss(o, weights, fg_weight="mask", fg_weight_gradient=mode)
+
+    (v_stop, t_stop), g_stop = jax.value_and_grad(fn, has_aux=True)(outputs, "stop")
+    (v_pl, t_pl), g_pl = jax.value_and_grad(fn, has_aux=True)(outputs, "pseudo_label")
+    assert set(t_pl) == {"matching", "mask_label"}
+    np.testing.assert_allclose(t_pl["matching"], t_stop["matching"], rtol=1e-6)
+    np.testing.assert_allclose(v_pl, v_stop + 2.0 * t_pl["mask_label"], rtol=1e-6)
+    for key in ("theta_aff", "theta_tps", "corr"):
+        for d in g_stop[key]:
+            np.testing.assert_allclose(g_pl[key][d], g_stop[key][d], rtol=1e-5, atol=1e-8)
+    c, a, t = outputs["corr"], outputs["theta_aff"], outputs["theta_tps"]
+    size = outputs["mask_logits"]["a"].shape[1]
+    expected = 0.0
+    for example in range(2):
+        part = lambda d: (c[d][example], a[d][example], t[d][example])  # noqa: E731
+        for image, partners in (("a", [part("ba"), part("ca")]), ("b", [part("ab")])):
+            target = _np_upsample_half_pixel(_np_pseudo_labels(partners, 0.5, 10.0), size)
+            logits = np.asarray(outputs["mask_logits"][image][example], np.float64)
+            p = 1.0 / (1.0 + np.exp(-logits))
+            expected += 0.5 * np.mean(-(target * np.log(p) + (1 - target) * np.log(1 - p))) / 2
+            np.testing.assert_allclose(g_pl["mask_logits"][image][example], 2.0 * 0.5 * (p - target) / p.size / 2,
+                                       rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(t_pl["mask_label"], expected, rtol=1e-4)

@@ -137,7 +137,7 @@ class MaCoSNet(nn.Module):
         logits_a, logits_b = self._masks([enc_a, enc_b], [corr_ba, corr_ab], train)
         keys = ("ab", "ba", "bc", "ca")
         return {"theta_aff": dict(zip(keys, affs)), "theta_tps": dict(zip(keys, tpss)),
-                "corr": {"ab": corr_ab, "ba": corr_ba}, "mask_logits": {"a": logits_a, "b": logits_b}}
+                "corr": {"ab": corr_ab, "ba": corr_ba, "ca": corr_ca}, "mask_logits": {"a": logits_a, "b": logits_b}}
 
     def predict(self, image_a: jax.Array, image_b: jax.Array) -> dict:
         """Inference (eval-mode BatchNorm), 3 encoder passes: θ_aff (B, 6), θ_tps (B, 18) of T_AB (final map
