@@ -82,7 +82,8 @@ def joint_config(arg, *, dataset, num_examples, epochs=60, batch_size=4, eval_da
     config.data = dict(name="tfds", tfds_name=dataset, split="train", data_dir=arg.data_dir,
                        crop_keep=(0.5, 1.0), flip=True)
     # fg_weight_gradient: what the matching term tells the masks (losses.total_loss): 'stop' (nothing), 'raw' (the
-    # paper's formula differentiated as written: every cell towards foreground) or 'centered' (the CPU demo's).
+    # paper's formula differentiated as written: every cell towards foreground), 'centered' (cells matched better
+    # than average up, the others down) or 'pseudo_label' (BCE against matching-derived labels; the CPU demo's).
     config.losses = dict(matching=1.0, cycle=1.0, transitivity=1.0, contrastive=1.0, task=1.0,
                          fg_weight="mask", fg_weight_gradient="stop", inlier_kernel="bilinear", contrast_margin=1.0,
                          perceptual_net="imagenet_resnet50", perceptual_weights=arg.perceptual_weights,
