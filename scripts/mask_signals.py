@@ -15,6 +15,8 @@ has ground-truth masks) the script prints:
    and the AUC of that push as a per-pixel object detector (0.5: no information; > 0.5: it raises the object
    above the background). The frozen network F is the config's (for the demo: the strong encoder at init_from,
    or --perceptual_from).
+3. The matching pseudo-labels of image A ('pseudo_label' mask signal) against the ground truth per cell: AUC, the
+   fraction of object / background cells labelled foreground (> 0.5), and the cells' J.
 Numbers from this script are in docs/results.md ("Why the masks collapse").
 """
 from __future__ import annotations
@@ -125,6 +127,19 @@ def main(argv=None):
             continue
         print(f"{term:12s} {push[object_a].sum():+15.3e} {push[~object_a].sum():+15.3e} "
               f"{_auc(push.ravel(), object_a.ravel()):6.3f}")
+
+    print("\n3. matching pseudo-labels of image A (losses.matching_pseudo_labels, partners B and C) per 12x12 cell")
+    h = outputs["corr"]["ab"].shape[1]
+    object_cells = np.asarray(jax.vmap(lambda m: losses.average_pool_to(m, h, h))(gt["a"])) > 0.5
+    label_kwargs = dict(threshold=kwargs["pseudo_label_threshold"], sharpness=kwargs["pseudo_label_sharpness"])
+    c, th_aff, th_tps = outputs["corr"], outputs["theta_aff"], outputs["theta_tps"]
+    labels = np.stack([np.asarray(losses.matching_pseudo_labels(
+        [(c["ba"][i], th_aff["ba"][i], th_tps["ba"][i]), (c["ca"][i], th_aff["ca"][i], th_tps["ca"][i])],
+        **label_kwargs)) for i in range(args.batch)])
+    fg = labels > 0.5
+    print(f"object cells {object_cells.mean():.3f}; AUC {_auc(labels.ravel(), object_cells.ravel()):.3f}; "
+          f"labelled foreground: {fg[object_cells].mean():.3f} of object cells, {fg[~object_cells].mean():.3f} of "
+          f"background cells; cell J {np.mean((fg & object_cells).sum((1, 2)) / np.maximum((fg | object_cells).sum((1, 2)), 1)):.3f}")
 
 
 if __name__ == "__main__":
