@@ -82,3 +82,27 @@ def test_mask_signals_script_on_the_quick_run(quick_run, capsys):
         float(rows["all_bg"][header.index("contrastive")]) <= float(rows["gt"][header.index("contrastive")])
     assert "matching" in out and "AUC" in out and "(no gradient to the masks)" in out  # cycle/transitivity
     assert "mask_label" in header and "labelled foreground" in out  # the demo's pseudo-label signal is reported
+
+
+def test_pseudo_label_partners_script_on_the_quick_run(quick_run, capsys):
+    """scripts/pseudo_label_partners.py: partners share the anchor's category and are never the anchor; one table
+    row per (K, τ) with AUC and fractions in [0, 1]."""
+    import importlib.util
+    import pathlib
+    _, workdir, _ = quick_run
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "pseudo_label_partners.py"
+    spec = importlib.util.spec_from_file_location("pseudo_label_partners", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    categories = np.arange(12) % 3
+    partners = module.partner_indices(categories, np.arange(12), 5)
+    assert np.all(categories[partners] == categories[:, None]) and not np.any(partners == np.arange(12)[:, None])
+    with pytest.raises(ValueError, match="only one"):
+        module.partner_indices(np.array([0, 1, 1]), np.array([0]), 1)
+    module.main(["--config", str(demo.DEFAULT_CONFIG) + ":quick", "--init_from", str(workdir / "strong"),
+                 "--partners", "1,2", "--anchors", "6", "--thresholds", "0.5"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()
+            if line.split() and line.split()[0] in ("1", "2")]
+    assert [r[0] for r in rows] == ["1", "2"]
+    for row in rows:
+        assert all(0.0 <= float(v) <= 1.0 for v in (row[1], row[3], row[4], row[5]))
