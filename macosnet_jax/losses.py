@@ -207,14 +207,12 @@ def matching_mask_signal(corr: jax.Array, theta_aff: jax.Array, theta_tps: jax.A
     total = 0.0
     for tps in (None, theta_tps):
         scores = jax.lax.stop_gradient(inlier_cell_scores(corr, theta_aff, tps, **score_kwargs))
-        standardized = (scores - jnp.mean(scores)) / (jnp.std(scores) + 1e-8)
-        total = total - jnp.mean(delta * standardized)
+        total = total - jnp.mean(delta * _standardize(scores))
     return total
 
 
-def matching_pseudo_labels(partners: Sequence[tuple], *, threshold: float = 0.5, sharpness: float = 10.0,
-                           **score_kwargs) -> jax.Array:
-    """Soft foreground targets (h, w) for one image's cells, from how well its partners' maps match there.
+def pseudo_label_scores(partners: Sequence[tuple], **score_kwargs) -> jax.Array:
+    """Standardised per-cell matching score z (h, w) of one image: how well its partners' maps match each cell.
 
     partners: non-empty sequence of (corr, theta_aff, theta_tps): a normalised correlation on *this* image's grid
       (h, w, h'·w') and the map from this image into the partner (for A with partner B: C_BA, T_BA; in a triplet
@@ -223,21 +221,29 @@ def matching_pseudo_labels(partners: Sequence[tuple], *, threshold: float = 0.5,
     the cell's best correlation anywhere in the partner. On the common object the predicted match is the best one;
     distinctive background cells have peaky correlations and high raw scores s, which the ratio discounts (cell AUC
     against the ground truth on the demo data: s 0.75, r 0.77, r averaged over B and C 0.83).
-    z = standardise(mean over partners of standardise(r)); target = σ(sharpness·(z − threshold)), constant: a
-    teacher for the masks, with no gradient to θ or the correlations.
+    z = standardise(mean over partners of standardise(r)).
     """
     if not partners:
-        raise ValueError("matching_pseudo_labels: needs at least one partner (corr, theta_aff, theta_tps)")
+        raise ValueError("pseudo_label_scores: needs at least one partner (corr, theta_aff, theta_tps)")
     standardized = []
     for corr, theta_aff, theta_tps in partners:
         _check_corr(corr)
         ratio = inlier_cell_scores(corr, theta_aff, theta_tps, **score_kwargs) / (jnp.max(corr, axis=-1) + 1e-6)
         standardized.append(_standardize(ratio))
-    z = _standardize(sum(standardized) / len(standardized))
+    return _standardize(sum(standardized) / len(standardized))
+
+
+def matching_pseudo_labels(partners: Sequence[tuple], *, threshold: float = 0.5, sharpness: float = 10.0,
+                           **score_kwargs) -> jax.Array:
+    """Soft foreground targets (h, w) for one image's cells: σ(sharpness·(z − threshold)) of
+    `pseudo_label_scores` (same partners and score_kwargs); constant: a teacher for the masks, with no gradient
+    to θ or the correlations."""
+    z = pseudo_label_scores(partners, **score_kwargs)
     return jax.lax.stop_gradient(jax.nn.sigmoid(sharpness * (z - threshold)))
 
 
 def _standardize(x: jax.Array) -> jax.Array:
+    """(x − mean)/(std + 1e-8) over all of x."""
     return (x - jnp.mean(x)) / (jnp.std(x) + 1e-8)
 
 

@@ -6,7 +6,7 @@ Why: the joint stage labels each image's cells by how well its partners' predict
 (`losses.matching_pseudo_labels`; in a triplet A has two partners, B one). Averaging over more partners of the same
 category should lower the labels' noise; this script measures by how much, before anyone builds an input pipeline
 with K partners per image. For each anchor training image and K partners of its category (strong-stage or joint
-model, eval-mode BatchNorm) it prints, per K and threshold τ: the cell AUC of the standardised averaged score, the
+model, eval-mode BatchNorm) it prints, per K and threshold τ: the cell AUC of `losses.pseudo_label_scores`, the
 fraction of object and of background cells labelled foreground (z > τ) and the cells' J against the ground truth.
 Numbers are in docs/results.md ("Matching pseudo-labels").
 """
@@ -20,10 +20,6 @@ import numpy as np
 
 from macosnet_jax import demo, losses, stages, train
 from macosnet_jax.data import synthetic
-
-
-def _standardize(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / (x.std() + 1e-8)
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -68,19 +64,17 @@ def main(argv=None):
     images = stages._normalize(jnp.asarray(data["image"]))
     pair = jax.jit(lambda a, b: stage.model.apply(variables, a, b, train=False, method="pair"))
 
-    scores = []  # per partner slot: (anchors, h, w) standardised ratio r on the anchor's grid
+    maps = []  # per partner slot: (corr C_PA on the anchors' grid, θ_aff, θ_tps of T_PA), batched over anchors
     for j in range(counts[-1]):
         out = pair(images[anchors], images[partners[:, j]])
-        corr, aff, tps = out["corr"]["ba"], out["theta_aff"]["ba"], out["theta_tps"]["ba"]
-        ratio = np.asarray(jax.vmap(losses.inlier_cell_scores)(corr, aff, tps)) / (np.asarray(corr.max(-1)) + 1e-6)
-        scores.append(np.stack([_standardize(r) for r in ratio]))
-    h, w = scores[0].shape[1:]
+        maps.append((out["corr"]["ba"], out["theta_aff"]["ba"], out["theta_tps"]["ba"]))
+    h, w = maps[0][0].shape[1:3]
     masks = jnp.asarray(data["mask"], jnp.float32)[anchors]
     objects = np.asarray(jax.vmap(lambda m: losses.average_pool_to(m, h, w))(masks)) > 0.5
     print(f"{len(anchors)} anchors, object = {objects.mean():.3f} of cells")
     print(f"{'K':>3s} {'AUC':>6s} {'tau':>5s} {'object fg':>10s} {'backgr. fg':>11s} {'cell J':>7s}")
     for k in counts:
-        z = np.stack([_standardize(s) for s in sum(scores[:k]) / k])
+        z = np.asarray(jax.vmap(losses.pseudo_label_scores)(maps[:k]))  # (anchors, h, w)
         auc = _auc(z.ravel(), objects.ravel())
         for tau in thresholds:
             fg = z > tau
