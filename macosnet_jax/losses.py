@@ -247,16 +247,48 @@ def _standardize(x: jax.Array) -> jax.Array:
     return (x - jnp.mean(x)) / (jnp.std(x) + 1e-8)
 
 
-def pseudo_label_loss(mask_logits: jax.Array, target_cells: jax.Array) -> jax.Array:
-    """Mean BCE of mask logits (H, W) against cell targets (h, w) upsampled bilinearly (scalar).
+def confident_pseudo_labels(partners: Sequence[tuple], *, low: float = 0.0, high: float = 1.0,
+                            **score_kwargs) -> tuple[jax.Array, jax.Array]:
+    """Hard foreground targets with an ignore band: (targets, weights), both (h, w) in {0, 1}, constant.
+
+    z = `pseudo_label_scores(partners)`; cells with z > high are foreground (target 1, weight 1), cells with
+    z < low background (target 0, weight 1), the cells in between are ignored (weight 0). Why: a mask trained by
+    BCE on soft labels σ(k(z − τ)) regresses to the labels' conditional mean, and on the demo data that is ≈ 0.6 on
+    the object and ≈ 0.35 on the background (J 0.38 at 0.5); leaving out the ambiguous band makes the labelled
+    object cells almost all foreground (93 % with B + C, 99 % with 8 partners, band [0, 1]) while background
+    stays mostly background (18 % / 16 %), so the mask is calibrated at 0.5.
+    """
+    if not low <= high:
+        raise ValueError(f"confident_pseudo_labels: need low <= high; got low={low}, high={high}")
+    z = pseudo_label_scores(partners, **score_kwargs)
+    targets = (z > high).astype(jnp.float32)
+    weights = ((z > high) | (z < low)).astype(jnp.float32)
+    return jax.lax.stop_gradient(targets), jax.lax.stop_gradient(weights)
+
+
+def pseudo_label_loss(mask_logits: jax.Array, target_cells: jax.Array, weight_cells: Optional[jax.Array] = None, *,
+                      balanced: bool = False) -> jax.Array:
+    """BCE of mask logits (H, W) against cell targets (h, w) upsampled bilinearly (scalar).
 
     The upsampling is half-pixel aligned (jax.image.resize 'linear'), the inverse of `average_pool_to`'s blocks:
-    cell centres sit at the centres of their H/h × W/w pixel blocks. Gradient on the logits: (σ(l) − t)/(H·W),
-    which, unlike a push on σ(l), does not vanish where the mask saturates on the wrong side.
+    cell centres sit at the centres of their H/h × W/w pixel blocks. weight_cells (h, w) ≥ 0, upsampled the same
+    way, weights each pixel (None: all 1); the result is the weighted mean. balanced: the weighted means over
+    foreground (weight · target) and background (weight · (1 − target)) pixels are taken separately and averaged,
+    so an object covering 13 % of the image pulls as hard as its background (an empty side contributes 0).
+    Gradient on the logits: weight · (σ(l) − t) / normaliser, which, unlike a push on σ(l), does not vanish where
+    the mask saturates on the wrong side.
     """
     _check_mask(mask_logits, "mask_logits")
     target = jax.image.resize(target_cells, mask_logits.shape, "linear")
-    return _bce_with_logits(target, mask_logits)
+    if weight_cells is None and not balanced:
+        return _bce_with_logits(target, mask_logits)
+    weight = jnp.ones_like(target) if weight_cells is None else jax.image.resize(
+        weight_cells, mask_logits.shape, "linear")
+    per_pixel = jax.nn.softplus(mask_logits) - target * mask_logits
+    if not balanced:
+        return jnp.sum(weight * per_pixel) / (jnp.sum(weight) + 1e-6)
+    fg, bg = weight * target, weight * (1.0 - target)
+    return 0.5 * (jnp.sum(fg * per_pixel) / (jnp.sum(fg) + 1e-6) + jnp.sum(bg * per_pixel) / (jnp.sum(bg) + 1e-6))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -411,7 +443,8 @@ def total_loss(outputs: Mapping, weights: Mapping[str, float] = DEFAULT_WEIGHTS,
                offset_factor: float = OFFSET_FACTOR, tps_reg: float = 0.2, cycle_grid_size: int = 10,
                composed_consistency: bool = True, cycle_compat: bool = False,
                task_stop_gradient: bool = False, margin: float = 1.0, pseudo_label_threshold: float = 0.5,
-               pseudo_label_sharpness: float = 10.0) -> tuple[jax.Array, dict]:
+               pseudo_label_sharpness: float = 10.0, pseudo_label_low: Optional[float] = None,
+               pseudo_label_balanced: bool = False) -> tuple[jax.Array, dict]:
     """L = λ_match L_matching + λ_cycle L_cycle + λ_trans L_trans + λ_contrast L_contrast + λ_task L_task.
 
     outputs: batched model outputs (MaCoSNet.triplet / .pair): 'theta_aff' and 'theta_tps' map directions
@@ -429,7 +462,10 @@ def total_loss(outputs: Mapping, weights: Mapping[str, float] = DEFAULT_WEIGHTS,
       adds the term 'mask_label' (weighted by λ_match): BCE of each mask against `matching_pseudo_labels` from its
       partners (A: B, and C in a triplet; B: A), i.e. cells whose predicted match is close to their best match are
       labelled foreground. pseudo_label_threshold / pseudo_label_sharpness: its z threshold and slope (the
-      matching term's own value and θ-gradients are those of 'stop'). composed_consistency: cycle,
+      matching term's own value and θ-gradients are those of 'stop'). pseudo_label_low: None for those soft
+      labels; a number for `confident_pseudo_labels` instead (foreground above pseudo_label_threshold, background
+      below pseudo_label_low, the band between ignored). pseudo_label_balanced: foreground and background pixels
+      weigh equally in the BCE (`pseudo_label_loss`). composed_consistency: cycle,
       transitivity and task on Aff(TPS(·)) (False: affine only, the released code). cycle_compat: the
       released cycle loss instead (`cycle_loss_compat`, both directions averaged; squared 240-px units).
     Returns (loss, {term: unweighted batch mean}); terms are the weighted names, plus 'mask_label' when on.
@@ -464,15 +500,20 @@ def total_loss(outputs: Mapping, weights: Mapping[str, float] = DEFAULT_WEIGHTS,
             theta_tps["ba"], probs["a"], probs["b"]))
     if use("matching") and fg_weight == "mask" and fg_weight_gradient == "pseudo_label":
         corr = outputs["corr"]
-        label_kwargs = dict(offset_factor=offset_factor, tps_reg=tps_reg, kernel=inlier_kernel,
-                            threshold=pseudo_label_threshold, sharpness=pseudo_label_sharpness)
         has_c = "ca" in corr and "ca" in theta_aff
+
+        def label_loss(logits, partners):
+            if pseudo_label_low is None:
+                targets = matching_pseudo_labels(partners, threshold=pseudo_label_threshold,
+                                                 sharpness=pseudo_label_sharpness, **score_kwargs)
+                return pseudo_label_loss(logits, targets, balanced=pseudo_label_balanced)
+            targets, weights = confident_pseudo_labels(partners, low=pseudo_label_low, high=pseudo_label_threshold,
+                                                       **score_kwargs)
+            return pseudo_label_loss(logits, targets, weights, balanced=pseudo_label_balanced)
 
         def labels(logits_a, logits_b, corr_ab, corr_ba, aff_ab, tps_ab, aff_ba, tps_ba, *partner_c):
             partners_a = [(corr_ba, aff_ba, tps_ba)] + ([tuple(partner_c)] if partner_c else [])
-            target_a = matching_pseudo_labels(partners_a, **label_kwargs)
-            target_b = matching_pseudo_labels([(corr_ab, aff_ab, tps_ab)], **label_kwargs)
-            return 0.5 * (pseudo_label_loss(logits_a, target_a) + pseudo_label_loss(logits_b, target_b))
+            return 0.5 * (label_loss(logits_a, partners_a) + label_loss(logits_b, [(corr_ab, aff_ab, tps_ab)]))
         partner_c = (corr["ca"], theta_aff["ca"], theta_tps["ca"]) if has_c else ()
         terms["mask_label"] = jnp.mean(jax.vmap(labels)(
             logits["a"], logits["b"], corr["ab"], corr["ba"], theta_aff["ab"], theta_tps["ab"], theta_aff["ba"],

@@ -220,7 +220,9 @@ def total_loss_options(losses_config) -> dict:
                 composed_consistency=lc.get("composed_consistency", True),
                 task_stop_gradient=lc.get("task_stop_gradient", False), margin=lc.get("contrast_margin", 1.0),
                 pseudo_label_threshold=lc.get("pseudo_label_threshold", 0.5),
-                pseudo_label_sharpness=lc.get("pseudo_label_sharpness", 10.0))
+                pseudo_label_sharpness=lc.get("pseudo_label_sharpness", 10.0),
+                pseudo_label_low=lc.get("pseudo_label_low", None),
+                pseudo_label_balanced=lc.get("pseudo_label_balanced", False))
 
 
 def joint_loss(model, perceptual, config, params, batch_stats, frozen, batch):

@@ -382,15 +382,31 @@ def _np_upsample_half_pixel(cells: np.ndarray, size: int) -> np.ndarray:
     return rows[:, lo] * (1 - frac)[None] + rows[:, hi] * frac[None]
 
 
-def _np_pseudo_labels(partners, threshold, sharpness):
+def _np_label_scores(partners):
     def standardize(x):
         return (x - x.mean()) / (x.std() + 1e-8)
     zs = []
     for corr, aff, tps in partners:
         s = np.asarray(losses.inlier_cell_scores(corr, aff, tps), np.float64)
         zs.append(standardize(s / (np.asarray(corr, np.float64).max(-1) + 1e-6)))
-    z = standardize(sum(zs) / len(zs))
-    return 1.0 / (1.0 + np.exp(-sharpness * (z - threshold)))
+    return standardize(sum(zs) / len(zs))
+
+
+def _np_pseudo_labels(partners, threshold, sharpness):
+    return 1.0 / (1.0 + np.exp(-sharpness * (_np_label_scores(partners) - threshold)))
+
+
+def _np_weighted_bce(logits, target, weight, balanced):
+    """NumPy: the weighted (or foreground/background-balanced) mean BCE and its gradient on the logits."""
+    logits = np.asarray(logits, np.float64)
+    p = 1.0 / (1.0 + np.exp(-logits))
+    bce = -(target * np.log(p) + (1 - target) * np.log(1 - p))
+    if not balanced:
+        return np.sum(weight * bce) / np.sum(weight), weight * (p - target) / np.sum(weight)
+    fg, bg = weight * target, weight * (1 - target)
+    value = 0.5 * (np.sum(fg * bce) / np.sum(fg) + np.sum(bg * bce) / np.sum(bg))
+    grad = 0.5 * (fg / np.sum(fg) + bg / np.sum(bg)) * (p - target)
+    return value, grad
 
 
 def test_matching_pseudo_labels_closed_form_and_constant():
@@ -429,6 +445,62 @@ def test_pseudo_label_loss_is_bce_on_upsampled_targets():
     value, grad = jax.value_and_grad(losses.pseudo_label_loss)(jnp.asarray(logits), jnp.asarray(cells))
     np.testing.assert_allclose(value, expected, rtol=1e-5)
     np.testing.assert_allclose(grad, (p - target) / logits.size, rtol=1e-4, atol=1e-9)  # (σ − t)/N: no saturation
+
+
+def test_confident_pseudo_labels_ignore_the_band_and_are_constant():
+    rng = np.random.default_rng(24)
+    outputs = _fake_outputs(rng, batch=1, h=6)
+    partners = [(outputs["corr"][d][0], outputs["theta_aff"][d][0], outputs["theta_tps"][d][0]) for d in ("ab", "ba")]
+    z = _np_label_scores(partners)
+    targets, weights = losses.confident_pseudo_labels(partners, low=-0.2, high=0.6)
+    np.testing.assert_array_equal(np.asarray(targets), (z > 0.6).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(weights), ((z > 0.6) | (z < -0.2)).astype(np.float32))
+    assert 0 < np.asarray(weights).sum() < z.size  # the band is really left out here, and something is labelled
+    grad = jax.grad(lambda c: jnp.sum(sum(losses.confident_pseudo_labels([(c,) + partners[0][1:]]))))(partners[0][0])
+    assert not np.any(np.asarray(grad))
+    with pytest.raises(ValueError, match="low <= high"):
+        losses.confident_pseudo_labels(partners, low=1.0, high=0.5)
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_pseudo_label_loss_weighted_and_balanced(balanced):
+    rng = np.random.default_rng(25)
+    cells = (rng.uniform(0, 1, (4, 4)) > 0.6).astype(np.float32)
+    weight_cells = (rng.uniform(0, 1, (4, 4)) > 0.3).astype(np.float32)
+    logits = rng.normal(size=(16, 16)).astype(np.float32)
+    target = _np_upsample_half_pixel(cells.astype(np.float64), 16)
+    weight = _np_upsample_half_pixel(weight_cells.astype(np.float64), 16)
+    expected, expected_grad = _np_weighted_bce(logits, target, weight, balanced)
+    value, grad = jax.value_and_grad(losses.pseudo_label_loss)(jnp.asarray(logits), jnp.asarray(cells),
+                                                              jnp.asarray(weight_cells), balanced=balanced)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-9)
+    if balanced:  # without weights: every pixel labelled, each side's mean counts half
+        unweighted, _ = _np_weighted_bce(logits, target, np.ones_like(target), True)
+        np.testing.assert_allclose(losses.pseudo_label_loss(jnp.asarray(logits), jnp.asarray(cells), balanced=True),
+                                   unweighted, rtol=1e-5)
+
+
+def test_total_loss_confident_balanced_pseudo_labels():
+    """pseudo_label_low set: the mask_label term is the balanced BCE against `confident_pseudo_labels`."""
+    rng = np.random.default_rng(26)
+    outputs = _fake_outputs(rng, batch=2, h=4, triplet=True)
+    outputs["corr"]["ca"] = correlation.normalize_correlation(
+        jnp.asarray(rng.normal(size=(2, 4, 4, 16)).astype(np.float32)))
+    _, terms = losses.total_loss(outputs, {"matching": 1.0}, fg_weight="mask", fg_weight_gradient="pseudo_label",
+                                 pseudo_label_low=0.0, pseudo_label_threshold=0.5, pseudo_label_balanced=True)
+    c, a, t = outputs["corr"], outputs["theta_aff"], outputs["theta_tps"]
+    size = outputs["mask_logits"]["a"].shape[1]
+    expected = 0.0
+    for example in range(2):
+        part = lambda d: (c[d][example], a[d][example], t[d][example])  # noqa: E731
+        for image, partners in (("a", [part("ba"), part("ca")]), ("b", [part("ab")])):
+            z = _np_label_scores(partners)
+            target = _np_upsample_half_pixel((z > 0.5).astype(np.float64), size)
+            weight = _np_upsample_half_pixel(((z > 0.5) | (z < 0.0)).astype(np.float64), size)
+            value, _ = _np_weighted_bce(outputs["mask_logits"][image][example], target, weight, True)
+            expected += 0.5 * value / 2
+    np.testing.assert_allclose(terms["mask_label"], expected, rtol=1e-4)
 
 
 def test_fg_weight_gradient_pseudo_label_adds_mask_label_term():
