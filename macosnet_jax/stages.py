@@ -222,7 +222,8 @@ def total_loss_options(losses_config) -> dict:
                 pseudo_label_threshold=lc.get("pseudo_label_threshold", 0.5),
                 pseudo_label_sharpness=lc.get("pseudo_label_sharpness", 10.0),
                 pseudo_label_low=lc.get("pseudo_label_low", None),
-                pseudo_label_balanced=lc.get("pseudo_label_balanced", False))
+                pseudo_label_balanced=lc.get("pseudo_label_balanced", False),
+                pseudo_label_self_weight=lc.get("pseudo_label_self_weight", 0.0))
 
 
 def joint_loss(model, perceptual, config, params, batch_stats, frozen, batch):

@@ -462,6 +462,26 @@ def test_confident_pseudo_labels_ignore_the_band_and_are_constant():
         losses.confident_pseudo_labels(partners, low=1.0, high=0.5)
 
 
+def test_pseudo_label_scores_self_training_term():
+    """own_logits with weight β: z = standardise(z + β standardise(block-mean of the logits)); no gradient."""
+    rng = np.random.default_rng(27)
+    outputs = _fake_outputs(rng, batch=1, h=4)
+    partners = [(outputs["corr"]["ab"][0], outputs["theta_aff"]["ab"][0], outputs["theta_tps"]["ab"][0])]
+    logits = rng.normal(size=(16, 16)).astype(np.float32)
+    pooled = logits.astype(np.float64).reshape(4, 4, 4, 4).mean(axis=(1, 3))  # 4x4 blocks of pixels per cell
+
+    def standardize(x):
+        return (x - x.mean()) / (x.std() + 1e-8)
+    for beta in (0.0, 1.5):
+        got = losses.pseudo_label_scores(partners, own_logits=jnp.asarray(logits), own_weight=beta)
+        expected = standardize(_np_label_scores(partners) + beta * standardize(pooled)) if beta else \
+            _np_label_scores(partners)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    grad = jax.grad(lambda l: jnp.sum(losses.pseudo_label_scores(partners, own_logits=l, own_weight=1.0) ** 3))(
+        jnp.asarray(logits))
+    assert not np.any(np.asarray(grad))
+
+
 @pytest.mark.parametrize("balanced", [False, True])
 def test_pseudo_label_loss_weighted_and_balanced(balanced):
     rng = np.random.default_rng(25)
