@@ -128,19 +128,24 @@ def main(argv=None):
         print(f"{term:12s} {push[object_a].sum():+15.3e} {push[~object_a].sum():+15.3e} "
               f"{_auc(push.ravel(), object_a.ravel()):6.3f}")
 
-    print("\n3. matching pseudo-labels of image A (losses.matching_pseudo_labels, partners B and C) per 12x12 cell")
+    print("\n3. matching pseudo-labels of image A (partners B and C) per 12x12 cell")
     h = outputs["corr"]["ab"].shape[1]
     object_cells = np.asarray(jax.vmap(lambda m: losses.average_pool_to(m, h, h))(gt["a"])) > 0.5
-    label_kwargs = dict(threshold=kwargs["pseudo_label_threshold"], sharpness=kwargs["pseudo_label_sharpness"])
     c, th_aff, th_tps = outputs["corr"], outputs["theta_aff"], outputs["theta_tps"]
-    labels = np.stack([np.asarray(losses.matching_pseudo_labels(
-        [(c["ba"][i], th_aff["ba"][i], th_tps["ba"][i]), (c["ca"][i], th_aff["ca"][i], th_tps["ca"][i])],
-        **label_kwargs)) for i in range(args.batch)])
-    fg = labels > 0.5
-    print(f"object cells {object_cells.mean():.3f}; AUC {_auc(labels.ravel(), object_cells.ravel()):.3f}; "
-          f"labelled foreground: {fg[object_cells].mean():.3f} of object cells, {fg[~object_cells].mean():.3f} of "
-          f"background cells; cell J {np.mean((fg & object_cells).sum((1, 2)) / np.maximum((fg | object_cells).sum((1, 2)), 1)):.3f}")
-
+    partners = [[(c["ba"][i], th_aff["ba"][i], th_tps["ba"][i]), (c["ca"][i], th_aff["ca"][i], th_tps["ca"][i])]
+                for i in range(args.batch)]
+    z = np.stack([np.asarray(losses.pseudo_label_scores(p)) for p in partners])
+    high, low = kwargs["pseudo_label_threshold"], kwargs["pseudo_label_low"]
+    fg = z > high
+    print(f"object cells {object_cells.mean():.3f}; AUC of z {_auc(z.ravel(), object_cells.ravel()):.3f}; "
+          f"z > {high}: {fg[object_cells].mean():.3f} of object cells, {fg[~object_cells].mean():.3f} of background "
+          f"cells; cell J {np.mean((fg & object_cells).sum((1, 2)) / np.maximum((fg | object_cells).sum((1, 2)), 1)):.3f}")
+    if low is not None:  # confident labels: what the ignore band leaves
+        labelled = fg | (z < low)
+        print(f"confident labels (z > {high} foreground, z < {low} background): labelled {labelled[object_cells].mean():.3f}"
+              f" of object cells ({fg[object_cells].sum() / max(labelled[object_cells].sum(), 1):.3f} of them "
+              f"foreground), {labelled[~object_cells].mean():.3f} of background cells "
+              f"({fg[~object_cells].sum() / max(labelled[~object_cells].sum(), 1):.3f} of them foreground)")
 
 if __name__ == "__main__":
     main()

@@ -81,7 +81,7 @@ def test_mask_signals_script_on_the_quick_run(quick_run, capsys):
     assert float(rows["all_bg"][header.index("contrastive")]) < 1e-6 or \
         float(rows["all_bg"][header.index("contrastive")]) <= float(rows["gt"][header.index("contrastive")])
     assert "matching" in out and "AUC" in out and "(no gradient to the masks)" in out  # cycle/transitivity
-    assert "mask_label" in header and "labelled foreground" in out  # the demo's pseudo-label signal is reported
+    assert "mask_label" in header and "AUC of z" in out and "confident labels" in out  # the demo's label signal
 
 
 def test_pseudo_label_partners_script_on_the_quick_run(quick_run, capsys):
