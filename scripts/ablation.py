@@ -47,6 +47,9 @@ def run_variant(config, strong_dir, workdir, variant, seed, pairs):
     run_dir = os.path.join(workdir, f"{variant}_seed{seed}")
     start = time.time()
     state = train.train_and_evaluate(joint_cfg, run_dir)
+    if int(state.step) < joint_cfg.total_steps:  # SIGTERM: the run saved a checkpoint and stopped early
+        raise SystemExit(f"{variant} seed {seed} stopped at step {int(state.step)} of {joint_cfg.total_steps} "
+                         "(interrupted); rerun the same command to resume it")
     predictor = demo.macosnet_predictor(stages.macosnet_model(joint_cfg),
                                         {"params": state.params, "batch_stats": state.batch_stats},
                                         config.image_size)
