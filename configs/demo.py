@@ -57,12 +57,14 @@ def get_config(arg=None):
     # losses.matching_pseudo_labels; A is labelled by its partners B and C, B by A), the task target is
     # stop-gradient (otherwise the term minimises mask entropy and saturates whatever side p starts on), and the
     # contrastive term keeps a small weight with m = 0.1 (weight 1.0 drags every mask below 0.5: J 0.39 -> 0).
-    # The labels are confident ones (losses.confident_pseudo_labels): foreground where z > 1, background where
-    # z < 0, the band between ignored, and the BCE balances foreground and background pixels; soft labels made
-    # the masks regress to their conditional mean (docs/results.md, "Confident pseudo-labels").
+    # The labels are confident ones (losses.confident_pseudo_labels): foreground where z > 1.3, background where
+    # z < 0.5, the band between ignored, and the BCE balances foreground and background pixels (soft labels made
+    # the masks regress to their conditional mean); z also holds the mask's own pooled logits (self-training,
+    # weight 1), which rank cells better than matching alone. Chosen in docs/results.md, "Confident, self-trained
+    # pseudo-labels".
     joint.losses = dict(matching=1.0, cycle=1.0, transitivity=1.0, contrastive=0.1, task=1.0, fg_weight="mask",
-                        fg_weight_gradient="pseudo_label", pseudo_label_threshold=1.0, pseudo_label_low=0.0,
-                        pseudo_label_balanced=True, pseudo_label_sharpness=10.0,
+                        fg_weight_gradient="pseudo_label", pseudo_label_threshold=1.3, pseudo_label_low=0.5,
+                        pseudo_label_balanced=True, pseudo_label_self_weight=1.0, pseudo_label_sharpness=10.0,
                         inlier_kernel="bilinear", cycle_grid=10, composed_consistency=True, task_stop_gradient=True,
                         contrast_margin=0.1, perceptual_net="strong_encoder")
     config.joint = joint
