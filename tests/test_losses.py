@@ -501,35 +501,53 @@ def test_pseudo_label_loss_weighted_and_balanced(balanced):
                                    unweighted, rtol=1e-5)
 
 
-def test_total_loss_confident_balanced_pseudo_labels():
-    """pseudo_label_low set: the mask_label term is the balanced BCE against `confident_pseudo_labels`."""
-    rng = np.random.default_rng(26)
+def _triplet_outputs_with_ca(seed):
+    rng = np.random.default_rng(seed)
     outputs = _fake_outputs(rng, batch=2, h=4, triplet=True)
     outputs["corr"]["ca"] = correlation.normalize_correlation(
         jnp.asarray(rng.normal(size=(2, 4, 4, 16)).astype(np.float32)))
-    _, terms = losses.total_loss(outputs, {"matching": 1.0}, fg_weight="mask", fg_weight_gradient="pseudo_label",
-                                 pseudo_label_low=0.0, pseudo_label_threshold=0.5, pseudo_label_balanced=True)
+    return outputs
+
+
+def _labelled_images(outputs):
+    """(example, image, partners) for the pseudo-label term: A is labelled by B and C, B by A."""
     c, a, t = outputs["corr"], outputs["theta_aff"], outputs["theta_tps"]
-    size = outputs["mask_logits"]["a"].shape[1]
-    expected = 0.0
-    for example in range(2):
-        part = lambda d: (c[d][example], a[d][example], t[d][example])  # noqa: E731
+    for example in range(outputs["mask_logits"]["a"].shape[0]):
+        part = lambda d, e=example: (c[d][e], a[d][e], t[d][e])  # noqa: E731
         for image, partners in (("a", [part("ba"), part("ca")]), ("b", [part("ab")])):
+            yield example, image, partners
+
+
+def test_total_loss_confident_balanced_self_trained_pseudo_labels():
+    """pseudo_label_low set: the mask_label term is the balanced BCE against `confident_pseudo_labels`, whose z
+    also holds the image's own pooled logits with weight pseudo_label_self_weight."""
+    outputs = _triplet_outputs_with_ca(26)
+    size = outputs["mask_logits"]["a"].shape[1]
+
+    def standardize(x):
+        return (x - x.mean()) / (x.std() + 1e-8)
+    for beta in (0.0, 1.5):
+        _, terms = losses.total_loss(outputs, {"matching": 1.0}, fg_weight="mask", fg_weight_gradient="pseudo_label",
+                                     pseudo_label_low=0.0, pseudo_label_threshold=0.5, pseudo_label_balanced=True,
+                                     pseudo_label_self_weight=beta)
+        expected = 0.0
+        for example, image, partners in _labelled_images(outputs):
+            logits = np.asarray(outputs["mask_logits"][image][example], np.float64)
             z = _np_label_scores(partners)
+            if beta:
+                pooled = logits.reshape(4, size // 4, 4, size // 4).mean(axis=(1, 3))
+                z = standardize(z + beta * standardize(pooled))
             target = _np_upsample_half_pixel((z > 0.5).astype(np.float64), size)
             weight = _np_upsample_half_pixel(((z > 0.5) | (z < 0.0)).astype(np.float64), size)
-            value, _ = _np_weighted_bce(outputs["mask_logits"][image][example], target, weight, True)
+            value, _ = _np_weighted_bce(logits, target, weight, True)
             expected += 0.5 * value / 2
-    np.testing.assert_allclose(terms["mask_label"], expected, rtol=1e-4)
+        np.testing.assert_allclose(terms["mask_label"], expected, rtol=1e-4)
 
 
 def test_fg_weight_gradient_pseudo_label_adds_mask_label_term():
     """'pseudo_label': matching value and θ-gradients as 'stop'; the masks' gradient is that of the BCE against
     the labels (A labelled by B and, in a triplet, C; B by A); the term is weighted by λ_match."""
-    rng = np.random.default_rng(23)
-    outputs = _fake_outputs(rng, batch=2, h=4, triplet=True)
-    outputs["corr"]["ca"] = correlation.normalize_correlation(
-        jnp.asarray(rng.normal(size=(2, 4, 4, 16)).astype(np.float32)))
+    outputs = _triplet_outputs_with_ca(23)
     weights = {"matching": 2.0}
 
     def fn(o, mode):
@@ -543,16 +561,13 @@ def test_fg_weight_gradient_pseudo_label_adds_mask_label_term():
     for key in ("theta_aff", "theta_tps", "corr"):
         for d in g_stop[key]:
             np.testing.assert_allclose(g_pl[key][d], g_stop[key][d], rtol=1e-5, atol=1e-8)
-    c, a, t = outputs["corr"], outputs["theta_aff"], outputs["theta_tps"]
     size = outputs["mask_logits"]["a"].shape[1]
     expected = 0.0
-    for example in range(2):
-        part = lambda d: (c[d][example], a[d][example], t[d][example])  # noqa: E731
-        for image, partners in (("a", [part("ba"), part("ca")]), ("b", [part("ab")])):
-            target = _np_upsample_half_pixel(_np_pseudo_labels(partners, 0.5, 10.0), size)
-            logits = np.asarray(outputs["mask_logits"][image][example], np.float64)
-            p = 1.0 / (1.0 + np.exp(-logits))
-            expected += 0.5 * np.mean(-(target * np.log(p) + (1 - target) * np.log(1 - p))) / 2
-            np.testing.assert_allclose(g_pl["mask_logits"][image][example], 2.0 * 0.5 * (p - target) / p.size / 2,
-                                       rtol=1e-3, atol=1e-9)
+    for example, image, partners in _labelled_images(outputs):
+        target = _np_upsample_half_pixel(_np_pseudo_labels(partners, 0.5, 10.0), size)
+        logits = np.asarray(outputs["mask_logits"][image][example], np.float64)
+        p = 1.0 / (1.0 + np.exp(-logits))
+        expected += 0.5 * np.mean(-(target * np.log(p) + (1 - target) * np.log(1 - p))) / 2
+        np.testing.assert_allclose(g_pl["mask_logits"][image][example], 2.0 * 0.5 * (p - target) / p.size / 2,
+                                   rtol=1e-3, atol=1e-9)
     np.testing.assert_allclose(t_pl["mask_label"], expected, rtol=1e-4)
