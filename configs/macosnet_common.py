@@ -83,7 +83,8 @@ def joint_config(arg, *, dataset, num_examples, epochs=60, batch_size=4, eval_da
                        crop_keep=(0.5, 1.0), flip=True)
     # fg_weight_gradient: what the matching term tells the masks (losses.total_loss): 'stop' (nothing), 'raw' (the
     # paper's formula differentiated as written: every cell towards foreground), 'centered' (cells matched better
-    # than average up, the others down) or 'pseudo_label' (BCE against matching-derived labels; the CPU demo's).
+    # than average up, the others down) or 'pseudo_label' (BCE against matching-derived labels; the CPU demo's,
+    # with the keys pseudo_label_threshold / _low / _balanced / _self_weight: see configs/demo.py).
     config.losses = dict(matching=1.0, cycle=1.0, transitivity=1.0, contrastive=1.0, task=1.0,
                          fg_weight="mask", fg_weight_gradient="stop", inlier_kernel="bilinear", contrast_margin=1.0,
                          perceptual_net="imagenet_resnet50", perceptual_weights=arg.perceptual_weights,
