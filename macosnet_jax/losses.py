@@ -295,7 +295,7 @@ def pseudo_label_loss(mask_logits: jax.Array, target_cells: jax.Array, weight_ce
         return _bce_with_logits(target, mask_logits)
     weight = jnp.ones_like(target) if weight_cells is None else jax.image.resize(
         weight_cells, mask_logits.shape, "linear")
-    per_pixel = jax.nn.softplus(mask_logits) - target * mask_logits
+    per_pixel = _bce_per_pixel(target, mask_logits)
     if not balanced:
         return jnp.sum(weight * per_pixel) / (jnp.sum(weight) + 1e-6)
     fg, bg = weight * target, weight * (1.0 - target)
@@ -400,9 +400,14 @@ def warp_mask(mask: jax.Array, theta_aff: jax.Array, theta_tps: Optional[jax.Arr
     return geometry.grid_sample(mask[..., None], grid)[..., 0]
 
 
+def _bce_per_pixel(target: jax.Array, logits: jax.Array) -> jax.Array:
+    """−[t log σ(l) + (1 − t) log(1 − σ(l))] per pixel, computed stably from logits."""
+    return jax.nn.softplus(logits) - target * logits
+
+
 def _bce_with_logits(target: jax.Array, logits: jax.Array) -> jax.Array:
-    """Mean over pixels of −[t log σ(l) + (1 − t) log(1 − σ(l))], computed stably from logits."""
-    return jnp.mean(jax.nn.softplus(logits) - target * logits)
+    """Mean over pixels of `_bce_per_pixel`."""
+    return jnp.mean(_bce_per_pixel(target, logits))
 
 
 def task_loss(mask_logits_a: jax.Array, mask_logits_b: jax.Array, theta_aff_ab: jax.Array,

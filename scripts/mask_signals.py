@@ -15,8 +15,9 @@ has ground-truth masks) the script prints:
    and the AUC of that push as a per-pixel object detector (0.5: no information; > 0.5: it raises the object
    above the background). The frozen network F is the config's (for the demo: the strong encoder at init_from,
    or --perceptual_from).
-3. The matching pseudo-labels of image A ('pseudo_label' mask signal) against the ground truth per cell: AUC, the
-   fraction of object / background cells labelled foreground (> 0.5), and the cells' J.
+3. The pseudo-label scores z of image A ('pseudo_label' mask signal: partners B and C, plus the mask's own logits
+   when the config's pseudo_label_self_weight is set) against the ground truth per cell: AUC, the fraction of
+   object / background cells above the threshold and their J, and, for confident labels, what the band leaves.
 Numbers from this script are in docs/results.md ("Why the masks collapse").
 """
 from __future__ import annotations
@@ -134,7 +135,9 @@ def main(argv=None):
     c, th_aff, th_tps = outputs["corr"], outputs["theta_aff"], outputs["theta_tps"]
     partners = [[(c["ba"][i], th_aff["ba"][i], th_tps["ba"][i]), (c["ca"][i], th_aff["ca"][i], th_tps["ca"][i])]
                 for i in range(args.batch)]
-    z = np.stack([np.asarray(losses.pseudo_label_scores(p)) for p in partners])
+    own = {"own_weight": kwargs["pseudo_label_self_weight"]}
+    z = np.stack([np.asarray(losses.pseudo_label_scores(p, own_logits=outputs["mask_logits"]["a"][i], **own))
+                  for i, p in enumerate(partners)])  # the labels total_loss uses (same z), per image A
     high, low = kwargs["pseudo_label_threshold"], kwargs["pseudo_label_low"]
     fg = z > high
     print(f"object cells {object_cells.mean():.3f}; AUC of z {_auc(z.ravel(), object_cells.ravel()):.3f}; "
