@@ -235,9 +235,19 @@ def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformati
         lr = groups.get(label, opt.learning_rate)
         return _base_optimizer(opt.name, learning_rate_schedule(lr, boundaries, multipliers), opt)
 
+    def labels_checked(params):
+        # A group with its own learning rate or frozen, whose rule matches nothing (a renamed module, a typo in
+        # the regex), would silently train at the default rate: say so at optimizer init instead.
+        tree = param_labels(params, rules)
+        used = set(jax.tree_util.tree_leaves(tree))
+        unused = sorted((set(groups) | frozen) - used)
+        if unused:
+            raise ValueError(f"config.optimizer: group(s) {unused} match no parameter (rules {rules}; parameter "
+                             f"paths look like {next(iter(traverse_util.flatten_dict(params)), ())})")
+        return tree
+
     labels = sorted(known)
-    tx = optax.multi_transform({lab: group_tx(lab) for lab in labels},
-                               lambda params: param_labels(params, rules))
+    tx = optax.multi_transform({lab: group_tx(lab) for lab in labels}, labels_checked)
     if opt.get("grad_clip_norm", 0.0):
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
     return tx

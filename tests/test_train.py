@@ -70,6 +70,14 @@ def test_param_groups_learning_rates_and_frozen():
         "encoder": {"w": "enc"}, "head": {"w": "default"}, "decoder": {"w": "default"}}
 
 
+def test_optimizer_group_whose_rule_matches_nothing_is_an_error():
+    opt = ml_collections.ConfigDict(dict(name="adam", learning_rate=1e-3, param_groups=[("^heads/", "heads")],
+                                         group_lr={"heads": 1e-5}))
+    params = {"encoder": {"kernel": jnp.zeros(2)}, "head": {"kernel": jnp.zeros(2)}}
+    with pytest.raises(ValueError, match=r"\['heads'\] match no parameter"):
+        train.make_optimizer(opt).init(params)
+
+
 def test_optimizer_group_without_rule_is_an_error():
     opt = ml_collections.ConfigDict(dict(name="adam", learning_rate=1e-3, param_groups=[], group_lr={"dec": 1.0}))
     with pytest.raises(ValueError, match="group 'dec' has no rule"):
