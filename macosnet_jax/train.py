@@ -27,6 +27,7 @@ import re
 import signal
 import threading
 import time
+import uuid
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
@@ -395,7 +396,9 @@ def check_workdir(workdir: str) -> str:
     try:
         path = epath.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write_probe_{jax.process_index()}"
+        # Unique per call: jobs that share a work dir (parallel ablation runs resuming one finished stage) must not
+        # delete each other's probe.
+        probe = path / f".write_probe_{jax.process_index()}_{os.getpid()}_{uuid.uuid4().hex}"
         probe.write_text("ok")
         probe.unlink()
     except Exception as e:  # noqa: BLE001 - OSError locally, various errors from object stores

@@ -251,6 +251,15 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
         train.check_workdir(str(blocker / "sub"))
 
 
+def test_concurrent_jobs_can_check_one_workdir(tmp_path):
+    """Parallel jobs resuming one finished stage (e.g. ablation runs) all check its work dir at once."""
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: train.check_workdir(str(tmp_path)), range(400)))
+    assert set(results) == {str(tmp_path)}
+    assert not any(p.name.startswith(".write_probe") for p in tmp_path.iterdir())
+
+
 def test_unknown_stage_is_a_clear_error():
     with pytest.raises(ValueError, match="not a registered stage"):
         train.build_stage(ml_collections.ConfigDict({"stage": "nope"}))
