@@ -7,7 +7,7 @@ step budgets (not wall-time budgets: the result must not depend on how busy the 
 Launch:
   macosnet-demo --workdir runs/demo                       # this config
   macosnet-demo --workdir runs/demo_q --config configs/demo.py:quick   # a 1-minute smoke run (tests use it)
-Expected on a 2-core CPU (about 13 minutes): see docs/results.md for the measured numbers; the demo prints PCK@0.1
+Expected on a 2-core CPU (about 13 minutes inside the demo, 15 with the install): see docs/results.md for the measured numbers; the demo prints PCK@0.1
 (kp_extent and img-size conventions) of the trained model beside the identity transform, and co-segmentation P/J
 beside the all-foreground and centred-box masks.
 """
@@ -41,7 +41,7 @@ def get_config(arg=None):
 
     joint = train.base_config()
     joint.stage = "joint"
-    joint.total_steps = 300
+    joint.total_steps = 400
     joint.batch_size = 4
     joint.init_prefix = "matching"  # the strong stage's MatchingModel weights go under MaCoSNet's 'matching'
     joint.optimizer.learning_rate = 1e-4  # the encoder: its features serve both the matcher and the decoder
