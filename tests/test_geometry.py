@@ -154,3 +154,26 @@ def test_bad_shapes_raise_clear_errors():
         g.grid_sample(np.zeros((2, 4, 4, 3), np.float32), g.base_grid(4, 4))
     with pytest.raises(ValueError, match="3 channels"):
         g.normalize_image(np.zeros((4, 4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_composed_grid_validity_ignores_last_bit_round_off(monkeypatch, seed):
+    """Grids that differ by float32 round-off (as between CPUs with and without FMA) give the same validity.
+
+    The identity cascade with the TPS grid nudged by a few ulps must keep every interior cell: the border ring is
+    exactly ±1 (outside) and every interior sample lands on a node up to the nudge.
+    """
+    exact_tps_grid = g.tps_grid
+    noise = np.random.default_rng(seed).choice(np.float32([-2.4e-7, -1.2e-7, 0.0, 1.2e-7, 2.4e-7]), (15, 15, 2))
+    monkeypatch.setattr(g, "tps_grid", lambda *a, **k: exact_tps_grid(*a, **k) + noise)
+    grid, valid = g.composed_grid(g.IDENTITY_AFFINE, g.IDENTITY_TPS, 15, 15)
+    expected = np.zeros((15, 15), bool)
+    expected[1:-1, 1:-1] = True
+    np.testing.assert_array_equal(np.asarray(valid), expected)
+    base = np.asarray(g.base_grid(15, 15))
+    np.testing.assert_allclose(np.asarray(grid)[expected], base[expected], atol=1e-6)
+    # Nudging the affine grid's border ring inwards by round-off must not make it valid either.
+    exact_affine_grid = g.affine_grid
+    monkeypatch.setattr(g, "affine_grid", lambda *a, **k: exact_affine_grid(*a, **k) * np.float32(1 - 1.2e-7))
+    _, valid = g.composed_grid(g.IDENTITY_AFFINE, g.IDENTITY_TPS, 15, 15)
+    np.testing.assert_array_equal(np.asarray(valid), expected)
