@@ -14,16 +14,17 @@ Restoring always goes through an abstract target whose leaves carry the *current
 (`jax.ShapeDtypeStruct(..., sharding=...)`): Orbax needs that to restore onto a different device count (saved on 4
 devices, restored on 1 or 2). Saves are asynchronous; call `wait_until_finished()` before the process exits.
 
-A latest checkpoint that cannot be read (a crash mid-write that left a finalised but broken step, a truncated
-file) is moved aside to `<dir>.corrupt/` with a warning and the previous step is tried: a preempted run restarts
-instead of dying on its newest, broken checkpoint. Half-written steps (Orbax's `*.orbax-checkpoint-tmp-*` folders)
-are never seen as steps at all.
+Every read path (training's resume, `load_variables` for init_from / Matcher / predict / the eval job) goes
+through one reader, `newest_readable`: the newest step that restores. A step that cannot be read (a crash
+mid-write that left a finalised but broken step, a truncated file, an empty step folder) is named in a warning,
+moved aside to `<dir>.corrupt/` and the previous step is tried; when no step restores, `UnreadableCheckpointsError`
+lists the steps tried. Half-written steps (Orbax's `*.orbax-checkpoint-tmp-*` folders) are never seen as steps.
 """
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import jax
 import numpy as np
@@ -46,6 +47,18 @@ class CheckpointError(RuntimeError):
 
 class IncompatibleCheckpointError(CheckpointError):
     """The checkpoint holds a different model (parameter names, shapes or dtypes differ)."""
+
+
+class UnreadableCheckpointsError(CheckpointError):
+    """A checkpoints folder has steps, but none of them could be read (each was moved to `<dir>.corrupt/`)."""
+
+    def __init__(self, directory: str, tried: list[int], errors: list[str], hint: str = ""):
+        self.directory, self.tried, self.errors = directory, list(tried), list(errors)
+        super().__init__(f"no checkpoint in {directory} could be read (tried steps {', '.join(map(str, tried))}, "
+                         f"moved to {directory}.corrupt/; {errors[0] if errors else ''}){hint}")
+
+
+T = TypeVar("T")
 
 
 def _path_key(path: tuple) -> str:
@@ -156,6 +169,27 @@ class Checkpointer:
             args = ocp.args.StandardRestore(abstract_state_dict)
         return self._manager.restore(step, args=ocp.args.Composite(state=args))["state"]
 
+    def newest_readable(self, restore_step: Callable[[int], T]) -> tuple[int, T] | None:
+        """The newest step that `restore_step(step)` reads: (step, its result), or None when there is no step.
+
+        A step whose read raises is named in a warning and moved to `<dir>.corrupt/`, then the previous step is
+        tried. `IncompatibleCheckpointError` (a different model) is not a broken step: it propagates and nothing
+        is moved. Raises UnreadableCheckpointsError, listing the steps tried, when no step can be read.
+        """
+        tried, errors = [], []
+        for step in sorted(self.all_steps(), reverse=True):
+            tried.append(step)
+            try:
+                return step, restore_step(step)
+            except IncompatibleCheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable.
+                errors.append(f"step {step}: {_first_line(e)}")
+                self._quarantine(step, e)
+        if tried:
+            raise UnreadableCheckpointsError(self.directory, tried, errors)
+        return None
+
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, dict] | None:
         """Restores the newest readable step into a state shaped like `abstract_state`.
 
@@ -168,43 +202,51 @@ class Checkpointer:
         Raises:
           IncompatibleCheckpointError: the newest readable checkpoint is of a different model. Nothing is
             moved or deleted in that case.
+          UnreadableCheckpointsError: there are steps but none can be read (see `newest_readable`).
         """
         template = serialization.to_state_dict(abstract_state)
         expected = state_signature(template)
-        for step in sorted(self.all_steps(), reverse=True):
-            try:
-                config, meta = self.read_json(step)
-            except Exception as e:  # noqa: BLE001 - any read failure means this step is unusable.
-                self._quarantine(step, e)
-                continue
+
+        def restore(step):
+            config, meta = self.read_json(step)
             mismatch = signature_mismatch(meta["signature"], expected)
             if mismatch:
                 raise IncompatibleCheckpointError(
                     f"checkpoint {self.directory}/{step} was written by a different model than the one configured "
                     f"now: {mismatch}. Use a new --workdir, or point config.init_from at it to reuse the weights "
                     "that fit; nothing was overwritten.")
-            try:
-                restored = self.restore_state_dict(step, template)
-            except Exception as e:  # noqa: BLE001
-                self._quarantine(step, e)
-                continue
+            restored = self.restore_state_dict(step, template)
             return serialization.from_state_dict(abstract_state, restored), config, meta
-        return None
+
+        found = self.newest_readable(restore)
+        return None if found is None else found[1]
+
+    def quarantined(self) -> list[str]:
+        """Names of the steps moved aside to `<dir>.corrupt/` ('<step>-<unix time>'), oldest name first."""
+        corrupt = epath.Path(self.directory + ".corrupt")
+        return sorted(p.name for p in corrupt.iterdir()) if corrupt.is_dir() else []
 
     def _quarantine(self, step: int, error: Exception) -> None:
         """Moves an unreadable step out of the manager's directory (process 0) and rebuilds the manager."""
         target = epath.Path(self.directory + ".corrupt") / f"{step}-{int(time.time())}"
-        logging.warning("Checkpoint %s/%d is unreadable (%s: %s); moving it to %s and falling back to the "
-                        "previous checkpoint.", self.directory, step, type(error).__name__,
-                        str(error).splitlines()[0][:300] if str(error) else "", target)
+        logging.warning("Checkpoint %s/%d is unreadable (%s); moving it to %s and falling back to the "
+                        "previous checkpoint.", self.directory, step, _first_line(error), target)
         if jax.process_index() == 0:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (epath.Path(self.directory) / str(step)).rename(target)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                (epath.Path(self.directory) / str(step)).rename(target)
+            except OSError as e:  # a read-only folder (someone else's run): skip the step without moving it
+                logging.warning("Could not move %s/%d aside (%s); skipping it.", self.directory, step, e)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices(f"quarantine_{step}")
         self._manager.close()
         self._manager = self._make_manager()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -218,25 +260,32 @@ def load_variables(path: str, sharding: jax.sharding.Sharding, step: int | None 
     Args:
       path: a work dir (its `checkpoints/` is used) or a checkpoints directory.
       sharding: where to put the arrays (usually replicated over the current mesh).
-      step: which step; the newest when None.
+      step: which step; None: the newest that can be read (see `Checkpointer.newest_readable`).
     Returns:
       {'params': ..., 'batch_stats': ..., 'frozen': ...} as nested dicts of arrays (missing collections: {}).
     """
     path = absolute(path)
     if not epath.Path(path).is_dir():
-        raise CheckpointError(f"config.init_from: {path} is not a directory (expected a work dir or its "
-                              "checkpoints/ folder)")
+        raise CheckpointError(f"{path} is not a directory (expected a work dir or its checkpoints/ folder)")
     directory = checkpoint_dir(path) if epath.Path(checkpoint_dir(path)).is_dir() else path
     ckpt = Checkpointer(directory, async_save=False)
-    try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None or step not in ckpt.all_steps():
-            raise CheckpointError(f"config.init_from: no checkpoint {'' if step is None else step} in "
-                                  f"{directory} (steps there: {ckpt.all_steps()})")
+
+    def restore(step):
         _, meta = ckpt.read_json(step)
         signature = {k: v for k, v in meta["signature"].items()
                      if k.split("/")[0] in ("params", "batch_stats", "frozen")}
-        restored = ckpt.restore_state_dict(step, abstract_from_signature(signature, sharding), partial=True)
+        return ckpt.restore_state_dict(step, abstract_from_signature(signature, sharding), partial=True)
+
+    try:
+        if step is None:
+            found = ckpt.newest_readable(restore)
+            if found is None:
+                raise CheckpointError(f"no checkpoint in {directory} (train first, or point at another run)")
+            step, restored = found
+        elif step not in ckpt.all_steps():
+            raise CheckpointError(f"no checkpoint of step {step} in {directory} (steps there: {ckpt.all_steps()})")
+        else:
+            restored = restore(step)
     finally:
         ckpt.close()
     logging.info("Loaded variables of %s step %d.", directory, step)

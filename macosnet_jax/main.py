@@ -23,6 +23,8 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. co
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config of this run live.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if possible) or eval of the latest checkpoint.")
+flags.DEFINE_bool("start_over", False, "Train from step 0 in a work dir whose checkpoints are all unreadable "
+                  "(they are kept in checkpoints.corrupt/); without it such a work dir is an error.")
 flags.DEFINE_bool("distributed", os.environ.get("MACOSNET_DISTRIBUTED", "") not in ("", "0"),
                   "Call jax.distributed.initialize() first (multi-host; default from MACOSNET_DISTRIBUTED).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (explicit multi-process runs only).")
@@ -175,7 +177,8 @@ def main(argv):
         if FLAGS.mode == "eval":
             run_eval(FLAGS.config, FLAGS.workdir)
         else:
-            train.train_and_evaluate(FLAGS.config, FLAGS.workdir, validate=validation_fn(FLAGS.config))
+            train.train_and_evaluate(FLAGS.config, FLAGS.workdir, validate=validation_fn(FLAGS.config),
+                                     start_over=FLAGS.start_over)
     except train.NonFiniteLossError as e:
         logging.error("%s", e)
         _exit(1, multi)

@@ -337,13 +337,18 @@ class MetricLogger:
     each write (it stays small: one line per logged step).
     """
 
-    def __init__(self, workdir: str, enabled: bool, tensorboard: bool = True):
+    def __init__(self, workdir: str, enabled: bool, tensorboard: bool = True, start_step: int | None = None):
         self.enabled = enabled
         self._path = epath.Path(workdir) / "metrics.jsonl"
         self._remote = "://" in str(workdir)
         self._lines: list[str] = []
-        if enabled and self._remote and self._path.exists():
+        if enabled and self._path.exists():
             self._lines = self._path.read_text().splitlines(keepends=True)
+            if start_step is not None:  # a resumed run logs the steps after its checkpoint again: drop them
+                kept = lines_up_to_step(self._lines, start_step)
+                if len(kept) != len(self._lines):
+                    self._lines = kept
+                    self._path.write_text("".join(kept))
         self._jsonl = open(self._path, "a") if enabled and not self._remote else None
         self._tb = None
         if enabled and tensorboard:
@@ -372,6 +377,18 @@ class MetricLogger:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+
+
+def lines_up_to_step(lines: Sequence[str], step: int) -> list[str]:
+    """The metrics.jsonl lines whose "step" is <= `step` (a torn last line, from a kill mid-write, is dropped)."""
+    kept = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    return kept
 
 
 def _format_eta(seconds: float) -> str:
@@ -455,7 +472,10 @@ def initial_state(config: ml_collections.ConfigDict, stage: Stage, tx, mesh: Mes
     state = create(jax.random.key(config.seed))
     init_from = config.get("init_from", "")
     if init_from:
-        loaded = ckpt_lib.load_variables(init_from, rep)
+        try:
+            loaded = ckpt_lib.load_variables(init_from, rep)
+        except ckpt_lib.CheckpointError as e:
+            raise ckpt_lib.CheckpointError(f"config.init_from={init_from}: {e}") from e
         prefix = config.get("init_prefix", "")
         for collection in ("params", "batch_stats"):
             # A checkpoint already in the target layout (e.g. a joint run continued by SPair fine-tuning) has the
@@ -551,9 +571,36 @@ def best_checkpoint_dir(workdir: str) -> str:
     return os.path.join(ckpt_lib.absolute(workdir), "best")
 
 
+def _restore_or_refuse(checkpointer: ckpt_lib.Checkpointer, abstract: TrainState, start_over: bool):
+    """`restore_latest`, except that a work dir whose checkpoints were all unreadable (now, or on an earlier
+    start: they are in checkpoints.corrupt/) is not silently trained again from step 0 unless `start_over`."""
+    try:
+        restored = checkpointer.restore_latest(abstract)
+    except ckpt_lib.UnreadableCheckpointsError as e:
+        error = e
+        restored = None
+    else:
+        error = None
+        if restored is None and checkpointer.quarantined():
+            error = ckpt_lib.UnreadableCheckpointsError(
+                checkpointer.directory,
+                sorted({int(n.split("-")[0]) for n in checkpointer.quarantined()}, reverse=True),
+                ["moved there on an earlier start"])
+    if error is None:
+        return restored
+    if not start_over:
+        checkpointer.close()
+        raise ckpt_lib.UnreadableCheckpointsError(
+            error.directory, error.tried, error.errors,
+            hint=". Nothing was trained; to train again from step 0 in this work dir, pass --start_over") from None
+    logging.warning("%s; starting over from step 0 as asked (--start_over).", error)
+    return None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage: Stage | None = None,
                        mesh: Mesh | None = None,
-                       validate: Callable[[TrainState], float] | None = None) -> TrainState:
+                       validate: Callable[[TrainState], float] | None = None,
+                       start_over: bool = False) -> TrainState:
     """Trains `config.total_steps` steps (resuming from `workdir` when it holds a checkpoint); returns the state.
 
     Config fields used: seed, total_steps, batch_size (global), optimizer (see make_optimizer), log_every_steps,
@@ -564,6 +611,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
       'validation', the best state is kept in `best_checkpoint_dir(workdir)` and `validation.json`, and training
       stops early once a score is more than evaluation.early_stop_drop (> 0) below the best. The returned state
       is then the last one trained; the best is in best/.
+    start_over: when every checkpoint of the work dir is unreadable (each is moved to checkpoints.corrupt/),
+      train again from step 0 instead of raising UnreadableCheckpointsError.
+    On resume, `metrics.jsonl` is cut back to the restored step, so every step appears in it once.
     Raises NonFiniteLossError on a NaN/Inf step (after making sure the last good checkpoint is written).
     """
     workdir = check_workdir(workdir)
@@ -581,7 +631,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
     abstract = ckpt_lib.with_sharding(abstract, rep)
     checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir),
                                          max_to_keep=config.get("keep_checkpoints", 3))
-    restored = checkpointer.restore_latest(abstract)
+    restored = _restore_or_refuse(checkpointer, abstract, start_over)
     if restored is not None:
         state, _, meta = restored
         position = meta["data_position"]
@@ -606,7 +656,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
                          if record is not None else None)
 
     step_fn = make_train_step(stage, mesh, config.seed)
-    logger = MetricLogger(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True))
+    logger = MetricLogger(workdir, enabled=is_main, tensorboard=config.get("tensorboard", True),
+                          start_step=start_step)
     config_dict = json.loads(config.to_json_best_effort())
     if is_main:
         (epath.Path(workdir) / "config.json").write_text(json.dumps(config_dict, indent=1, sort_keys=True))

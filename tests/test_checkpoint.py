@@ -1,4 +1,5 @@
 """Orbax checkpoints: cross-topology restore, corrupt/half-written fallback, signatures, weight merging."""
+import json
 import logging
 import os
 import subprocess
@@ -127,3 +128,47 @@ def test_merge_variables_copies_matching_paths_and_rejects_shape_clash():
     np.testing.assert_array_equal(merged["dec"]["w"], [0, 0, 0])
     with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="'enc/w' has shape"):
         ckpt_lib.merge_variables(target, {"enc": {"w": jnp.ones((5,))}}, "t")
+
+
+# -- one reader for every path ---------------------------------------------------------------------------------
+
+
+def test_every_read_path_skips_a_corrupt_and_an_empty_newest_step(tmp_path, caplog):
+    """load_variables (init_from, Matcher, predict, eval) takes the newest step that restores, like resume."""
+    expected = _train(tmp_path, devices=1, steps=4, ckpt_every=2)  # steps 2 and 4
+    ckdir = tmp_path / "checkpoints"
+    reference = ckpt_lib.load_variables(str(tmp_path), train.replicated(train.make_mesh(jax.devices()[:1])))
+    (ckdir / "6").mkdir()  # an empty step folder beside good ones
+    _corrupt(ckdir / "4")
+    with caplog.at_level(logging.WARNING):
+        got = ckpt_lib.load_variables(str(tmp_path), train.replicated(train.make_mesh(jax.devices()[:1])))
+    skipped = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(skipped) == 2 and "/6 is unreadable" in skipped[0] and "/4 is unreadable" in skipped[1]
+    assert sorted(n.split("-")[0] for n in os.listdir(str(ckdir) + ".corrupt")) == ["4", "6"]
+    assert not np.array_equal(np.asarray(got["params"]["head"]["kernel"]), expected["params/head/kernel"])
+    assert np.asarray(reference["params"]["head"]["kernel"]).shape == expected["params/head/kernel"].shape
+
+
+def test_no_readable_step_is_one_error_listing_the_steps_tried(tmp_path):
+    _train(tmp_path, devices=1, steps=4, ckpt_every=2)
+    for step in ("2", "4"):
+        _corrupt(tmp_path / "checkpoints" / step)
+    with pytest.raises(ckpt_lib.UnreadableCheckpointsError, match=r"could be read \(tried steps 4, 2, moved to"):
+        ckpt_lib.load_variables(str(tmp_path), train.replicated(train.make_mesh(jax.devices()[:1])))
+
+
+def test_training_refuses_to_start_over_when_every_checkpoint_is_unreadable(tmp_path):
+    _train(tmp_path, devices=1, steps=4, ckpt_every=2)
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    for step in ("2", "4"):
+        _corrupt(tmp_path / "checkpoints" / step)
+    for _ in range(2):  # also on the next start, when the broken steps are already in checkpoints.corrupt/
+        with pytest.raises(ckpt_lib.UnreadableCheckpointsError, match="tried steps 4, 2.*pass --start_over"):
+            _train(tmp_path, devices=1, steps=4, ckpt_every=2)
+        assert (tmp_path / "metrics.jsonl").read_text() == metrics
+    config = tw.toy_config(steps=2, ckpt_every=2)
+    state = train.train_and_evaluate(config, str(tmp_path), mesh=train.make_mesh(jax.devices()[:1]),
+                                     start_over=True)
+    assert int(state.step) == 2
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+    assert steps == [1, 2]

@@ -141,6 +141,8 @@ def test_sigkill_then_restart_equals_uninterrupted_run(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = dict(np.load(workdir / "final_0_2.npz"))
     assert int(resumed["step"]) == steps
+    # metrics.jsonl was cut back to the restored checkpoint: every step appears once, in order.
+    assert [json.loads(line)["step"] for line in open(metrics)] == list(range(1, steps + 1))
     for key in reference:
         np.testing.assert_allclose(resumed[key], reference[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
