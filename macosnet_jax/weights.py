@@ -566,3 +566,10 @@ def load_torch_checkpoint(path_or_mapping, layout: str, image_size: int = 240, l
     Raises ValueError listing missing, unexpected and mis-shaped names when the checkpoint and model disagree.
     """
     return convert_torch_checkpoint(path_or_mapping, layout, image_size, last_layer)[1]
+
+
+def load_dinov2(path_or_mapping, **overrides):
+    """(DinoV2 model, variables) from an official DINOv2 `.pth` or a name -> array mapping
+    (`macosnet_jax.dinov2_weights.load_dinov2`)."""
+    from macosnet_jax import dinov2_weights
+    return dinov2_weights.load_dinov2(path_or_mapping, **overrides)
