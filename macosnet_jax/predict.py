@@ -75,18 +75,21 @@ class Matcher:
         self._last = None  # (theta_aff, theta_tps, size_a, size_b) of the last match
 
     @classmethod
-    def from_checkpoint(cls, path, layout: str = "weakalign", image_size: int | None = None,
+    def from_checkpoint(cls, path, layout: str | None = None, image_size: int | None = None,
                         precision: Any = "highest", step: int | None = None):
         """Builds a Matcher from a checkpoint.
 
+        layout None: 'macosnet' when `path` is a directory (a work dir of ours), else 'weakalign'.
         layout 'weakalign' / 'cnngeo': a torch checkpoint file (architecture inferred from the names); image_size
           defaults to 240. precision: conv/matmul precision ('highest' keeps imported weights faithful on
           GPUs/TPUs; no cost on CPU).
         layout 'macosnet': a work dir of ours (or its checkpoints/ folder): the model is the one its config.json
           describes (config.stage 'strong_synthetic' / 'weak' -> MatchingModel, 'joint' -> MaCoSNet with masks),
-          with params/batch_stats of checkpoint `step` (default: the newest). image_size, if given, must equal the
-          config's. See `load_macosnet_run`.
+          with params/batch_stats of checkpoint `step` (default: the newest that can be read). image_size, if
+          given, must equal the config's. See `load_macosnet_run`.
         """
+        if layout is None:
+            layout = "macosnet" if os.path.isdir(os.fspath(path)) else "weakalign"
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
         if layout == "macosnet":

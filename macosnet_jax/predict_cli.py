@@ -182,17 +182,56 @@ def random_variables(model, seed, image_size):
     return flax.traverse_util.unflatten_dict(flat)
 
 
+def checkpoint_layout(args):
+    """--layout, or when it is not given: 'macosnet' for a directory (our work dir), 'weakalign' for a file."""
+    path = args.checkpoint
+    if not os.path.exists(path):
+        raise CliError(f"checkpoint not found: {path} (a torch .pth/.pth.tar file, or the work dir of a "
+                       "macosnet run)")
+    is_dir = os.path.isdir(path)
+    layout = args.layout or ("macosnet" if is_dir else "weakalign")
+    if is_dir and layout != "macosnet":
+        raise CliError(f"--checkpoint {path} is a directory, but --layout {layout} reads a torch checkpoint "
+                       "file; drop --layout to read a macosnet work dir")
+    if not is_dir and layout == "macosnet":
+        raise CliError(f"--checkpoint {path} is a file, but --layout macosnet reads a training work dir")
+    return layout
+
+
+def weights_mismatch_message(error, path, image_size) -> str:
+    """One line for torch weights that do not fit: the first tensors that differ, and the likely flag."""
+    parts = [f"{name} is {got} there, the model expects {want}" for name, got, want, _ in error.misshaped[:2]]
+    parts += [f"missing {name}" for name in error.missing[:2 - min(2, len(parts))]]
+    counts = (f"{len(error.misshaped)} tensors of other shapes, {len(error.missing)} missing, "
+              f"{len(error.unexpected)} unexpected")
+    channels = error.correlation_channels()
+    if channels:
+        fits = int(round(image_size * (channels[0] / channels[1]) ** 0.5))
+        hint = (f"; the first regression layer's {channels[0]} input channels (correlation cells) fit "
+                f"--image-size {fits}, not {image_size}")
+    elif error.missing:
+        hint = "; is --layout right (weakalign | cnngeo)?"
+    else:
+        hint = ""
+    return f"the weights in {path} do not fit the model: {'; '.join(parts)} ({counts}){hint}"
+
+
 def build_matcher(args):
     """A predict.Matcher from --checkpoint/--layout, or a random MatchingModel (--random-init, see
     `random_variables`)."""
     from macosnet_jax import predict  # noqa: PLC0415 (heavy: JAX, Flax)
 
     if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            raise CliError(f"checkpoint file not found: {args.checkpoint}")
-        # Our own work dirs carry their image size in config.json; torch checkpoints take --image-size.
-        size = None if args.layout == "macosnet" else args.image_size
-        return predict.Matcher.from_checkpoint(args.checkpoint, layout=args.layout, image_size=size)
+        layout = checkpoint_layout(args)
+        # Our own work dirs carry their model and image size in config.json; torch checkpoints take --image-size.
+        size = None if layout == "macosnet" else args.image_size
+        from macosnet_jax import checkpoint, weights  # noqa: PLC0415
+        try:
+            return predict.Matcher.from_checkpoint(args.checkpoint, layout=layout, image_size=size)
+        except weights.WeightsMismatchError as error:
+            raise CliError(weights_mismatch_message(error, args.checkpoint, args.image_size)) from error
+        except (FileNotFoundError, KeyError, ValueError, checkpoint.CheckpointError) as error:
+            raise CliError(f"--checkpoint {args.checkpoint}: {str(error).strip()}") from error
     from macosnet_jax.models import macosnet, matching  # noqa: PLC0415
 
     config = dict(depth=args.depth, last_layer=args.last_layer, width=args.width, image_size=args.image_size,
@@ -207,7 +246,8 @@ def build_matcher(args):
 
 def model_description(args):
     if args.checkpoint:
-        return {"checkpoint": os.fspath(args.checkpoint), "layout": args.layout, "image_size": args.image_size}
+        return {"checkpoint": os.fspath(args.checkpoint), "layout": checkpoint_layout(args),
+                "image_size": args.image_size}
     return {"random_init": True, "model": args.model, "seed": args.seed, "depth": args.depth, "width": args.width,
             "last_layer": args.last_layer, "image_size": args.image_size,
             "regression_channels": list(args.regression_channels), "regression_kernels": list(args.regression_kernels)}
@@ -310,8 +350,9 @@ def parse_args(argv):
     parser.add_argument("--collection", help="folder of images of one category (collection mode)")
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--checkpoint", help="torch checkpoint (.pth / .pth.tar), or our training work dir")
-    parser.add_argument("--layout", default="weakalign",
-                        help="checkpoint layout: weakalign | cnngeo (torch files) | macosnet (our work dirs)")
+    parser.add_argument("--layout", default=None, choices=("weakalign", "cnngeo", "macosnet"),
+                        help="checkpoint layout: weakalign | cnngeo (torch files) | macosnet (our work dirs); "
+                        "default: macosnet for a directory, weakalign for a file")
     parser.add_argument("--random-init", action="store_true", help="random MatchingModel instead of a checkpoint "
                         "(for testing the pipeline)")
     parser.add_argument("--model", choices=("matching", "macosnet"), default="macosnet",

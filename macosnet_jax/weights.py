@@ -432,6 +432,31 @@ def _torch_flatten_linear_to_flax(weight, channels):
     return weight.reshape(out_dim, channels, side, side).transpose(2, 3, 1, 0).reshape(in_dim, out_dim)
 
 
+class WeightsMismatchError(ValueError):
+    """Torch weights that do not fit the configured model: names missing / unexpected, tensors of other shapes.
+
+    misshaped: [(torch name, shape it converts to, shape the model expects, flax path), ...].
+    """
+
+    def __init__(self, missing, unexpected, misshaped):
+        self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), list(misshaped)
+        shaped = [f"{n}: torch gives {got}, model expects {want} ({path})" for n, got, want, path in misshaped]
+        super().__init__("checkpoint does not match the model:\n"
+                         f"  missing ({len(missing)}): {self.missing}\n"
+                         f"  unexpected ({len(unexpected)}): {self.unexpected}\n"
+                         f"  mis-shaped ({len(misshaped)}): {shaped}")
+
+    def correlation_channels(self) -> tuple[int, int] | None:
+        """(checkpoint, model) input channels of the first regression conv when they differ, else None.
+
+        Those channels are the correlation's h*w feature cells, so they differ when the input size does.
+        """
+        for _, got, want, path in self.misshaped:
+            if "regression" in path and "conv0" in path and len(got) == 4 and got[:2] == want[:2]:
+                return int(got[2]), int(want[2])
+        return None
+
+
 def _convert(abstract, torch_name_of, state_dict, transform_of, dropped=()) -> dict:
     """Fills every leaf of `abstract` (flax variables of ShapeDtypeStructs) from state_dict; strict.
 
@@ -450,17 +475,13 @@ def _convert(abstract, torch_name_of, state_dict, transform_of, dropped=()) -> d
         used.add(name)
         value = transform_of(path, np.asarray(state_dict[name]))
         if value.shape != tuple(leaf.shape):
-            misshaped.append(f"{name}: torch {tuple(np.shape(state_dict[name]))} gives {value.shape}, "
-                             f"model expects {tuple(leaf.shape)} ({'/'.join(path)})")
+            misshaped.append((name, tuple(value.shape), tuple(leaf.shape), "/".join(path)))
             continue
         out[path] = jnp.asarray(value, leaf.dtype)
     unexpected = [n for n in state_dict if n not in used and not n.endswith(".num_batches_tracked")
                   and not n.startswith(tuple(dropped))]
     if missing or unexpected or misshaped:
-        raise ValueError("checkpoint does not match the model:\n"
-                         f"  missing ({len(missing)}): {missing}\n"
-                         f"  unexpected ({len(unexpected)}): {unexpected}\n"
-                         f"  mis-shaped ({len(misshaped)}): {misshaped}")
+        raise WeightsMismatchError(missing, unexpected, misshaped)
     return out
 
 

@@ -104,6 +104,33 @@ def test_from_checkpoint_reproduces_the_saved_variables(joint_run, matcher):
         predict.Matcher.from_checkpoint(workdir, layout="macosnet", image_size=32)
 
 
+def test_a_work_dir_needs_no_layout_and_its_broken_newest_step_is_skipped(joint_run, tmp_path, caplog):
+    """Matcher.from_checkpoint(<work dir>) and `macosnet-predict --checkpoint <work dir>` build the model from the
+    run's config.json, and read the newest step that restores (an empty step folder 9 beside the good step 3)."""
+    import logging
+    import shutil
+    from macosnet_jax import predict_cli
+    workdir, variables = joint_run
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    (run / "checkpoints" / "9").mkdir()
+    with caplog.at_level(logging.WARNING):
+        loaded = predict.Matcher.from_checkpoint(run)
+    assert any("/9 is unreadable" in r.getMessage() for r in caplog.records)
+    key = "['params']['matching']['encoder']['conv1']['kernel']"
+    np.testing.assert_array_equal(_leaves(loaded.variables)[key],
+                                  np.asarray(variables["params"]["matching"]["encoder"]["conv1"]["kernel"]))
+    (run / "checkpoints" / "11").mkdir()
+    images = []
+    for name, shape in (("a.png", (40, 50, 3)), ("b.png", (30, 44, 3))):
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)).save(tmp_path / name)
+        images.append(str(tmp_path / name))
+    status = predict_cli.main(images + ["--checkpoint", str(run), "--out", str(tmp_path / "out")])
+    assert status == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["has_masks"] is True and result["model"]["layout"] == "macosnet"
+
+
 def test_from_checkpoint_builds_a_matching_model_for_the_matching_stages(joint_run, tmp_path):
     """A strong/weak-stage run gives a MatchingModel (no masks); its variables are the joint model's 'matching'."""
     _, variables = joint_run
@@ -295,11 +322,13 @@ def test_cli_eval_on_synthetic_objects(joint_run, tmp_path):
     import sys
     workdir = tmp_path / "run"
     shutil.copytree(joint_run[0], workdir)
+    (workdir / "checkpoints" / "9").mkdir()  # a broken newest step: skipped with a warning
     config = str(REPO / "configs" / "macosnet_tss.py:runlocal")
     command = [sys.executable, "-m", "macosnet_jax.main", "--config", config,
                "--config.evaluation.dataset=synthetic_objects", "--workdir", str(workdir), "--mode", "eval"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoints/9 is unreadable" in result.stderr
     assert "synthetic co-segmentation" in result.stdout
     tables = json.loads((workdir / "eval" / "synthetic_objects_test.json").read_text())
     assert set(tables) == {"kp_extent", "img224", "coseg"} and tables["kp_extent"]["counts"]["all"] == 50
