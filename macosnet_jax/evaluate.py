@@ -457,12 +457,14 @@ class _KeypointScores:
 
 
 def keypoint_pair_counts(points_a, points_b, theta_aff, theta_tps, size_a, size_b, convention, alphas,
-                         bbox_a=None, compat=False):
+                         bbox_a=None, compat=False, point_transfer=None):
     """Correct counts (len(alphas),) and number of keypoints for one pair under a convention.
 
     points_a, points_b: (P, 2) corresponding valid keypoints of A (comparison image) and B, 1-indexed pixels of the
     original images of sizes size_a, size_b (height, width). Under img224 both point sets and both sizes are moved
     into the 224x224 frame *before* the transfer, as the reference does (this changes the predicted points slightly).
+    point_transfer: optional `(points_b (P, 2), size_a, size_b) -> points in A (P, 2)` used instead of the thetas
+    (a matcher that predicts points directly, e.g. zeroshot's nearest-neighbour transfer).
     """
     points_a, points_b = _as_points(points_a, "points_a"), _as_points(points_b, "points_b")
     if points_a.shape != points_b.shape:
@@ -480,7 +482,10 @@ def keypoint_pair_counts(points_a, points_b, theta_aff, theta_tps, size_a, size_
         length = bbox_length(bbox_a)
     else:
         raise ValueError(f"unknown PCK convention {convention!r}; expected one of {CONVENTIONS}")
-    pred = transfer_points(points_b, theta_aff, theta_tps, size_a, size_b)
+    if point_transfer is not None:
+        pred = np.asarray(point_transfer(points_b, size_a, size_b), np.float64)
+    else:
+        pred = transfer_points(points_b, theta_aff, theta_tps, size_a, size_b)
     counts = [pck_counts(pred, points_a, a, length)[0] for a in alphas]
     return np.array(counts), points_a.shape[0]
 
@@ -502,7 +507,8 @@ def _score_keypoint_example(scores, example, prediction, where, category_names):
         return False  # nothing to score: dropped like the reference's NaN pairs
     size_a = np.asarray(_field(example, "image_a", where)).shape[:2]
     size_b = np.asarray(_field(example, "image_b", where)).shape[:2]
-    theta_aff, theta_tps = _thetas(prediction, where)
+    point_transfer = prediction.get("point_transfer")
+    theta_aff, theta_tps = (None, None) if point_transfer is not None else _thetas(prediction, where)
     category = _name(example.get("category", "all"), category_names)
     for name in scores.tables:
         convention = "kp_extent" if name == "kp_extent_compat" else name
@@ -510,7 +516,8 @@ def _score_keypoint_example(scores, example, prediction, where, category_names):
         if convention == "bbox" and bbox is None:
             raise KeyError(f"{where}: the bbox convention needs 'bbox_a' in the example")
         correct, total = keypoint_pair_counts(points_a, points_b, theta_aff, theta_tps, size_a, size_b, convention,
-                                              scores.alphas, bbox_a=bbox, compat=name == "kp_extent_compat")
+                                              scores.alphas, bbox_a=bbox, compat=name == "kp_extent_compat",
+                                              point_transfer=point_transfer)
         scores.add(name, category, correct, total)
     return True
 
@@ -522,7 +529,8 @@ def evaluate_keypoints(examples: Iterable[Mapping], predictor: Predictor, *, dat
 
     examples: dicts with 'image_a', 'image_b' (uint8 (H, W, 3), original size), 'keypoints_a', 'keypoints_b'
     ((N, 2) 1-indexed pixels, padding removed), 'category', and 'bbox_a' for the bbox convention.
-    predictor: (image_a, image_b) -> {'theta_aff', 'theta_tps', ...}; B's keypoints are transferred into A.
+    predictor: (image_a, image_b) -> {'theta_aff', 'theta_tps', ...} or {'point_transfer': callable} (see
+      `keypoint_pair_counts`); B's keypoints are transferred into A.
     category_names: maps integer categories to names. compat_kp_extent adds the labelled '-1 padding' table.
     Returns {table name: ResultTable} (one per convention: PCK per class, 'all' over pairs; per-image and
     per-keypoint means for each alpha).
