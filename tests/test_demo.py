@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from macosnet_jax import checkpoint, demo, train
+from macosnet_jax import checkpoint, demo, demo_report, train
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +24,9 @@ def test_demo_writes_results_tables_and_pictures(quick_run):
         assert 0.0 <= summary[f"{method}/PCK@0.1"] <= 1.0
     for method in ("all_foreground", "centred_box", "joint"):
         assert 0.0 <= summary[f"{method}/P"] <= 1.0 and 0.0 <= summary[f"{method}/J"] <= 1.0
+    # Mask baselines predict no warp: no PCK entries that would only repeat the identity's.
+    assert not any(k.startswith(("all_foreground/PCK", "centred_box/PCK")) for k in summary)
+    assert 0.0 <= summary["joint/PCK@0.1_img"] <= 1.0 and "strong_only/J" not in summary
     # The all-foreground mask labels every pixel foreground: P equals J equals the foreground fraction.
     assert summary["all_foreground/P"] == pytest.approx(summary["all_foreground/J"])
     assert "convention: kp_extent" in (workdir / "results.txt").read_text()
@@ -106,3 +109,30 @@ def test_pseudo_label_partners_script_on_the_quick_run(quick_run, capsys):
     assert [r[0] for r in rows] == ["1", "2"]
     for row in rows:
         assert all(0.0 <= float(v) <= 1.0 for v in (row[1], row[3], row[4], row[5]))
+
+
+def test_report_is_one_table_with_blanks_timing_and_paths():
+    summary = {"identity/PCK@0.1": 0.07, "identity/PCK@0.1_img": 0.3, "centred_box/J": 0.484,
+               "centred_box/P": 0.865, "joint/PCK@0.05": 0.1, "joint/PCK@0.1": 0.2, "joint/PCK@0.1_img": 0.6,
+               "joint/P": 0.9, "joint/J": 0.55}
+    text = demo_report.format_report(summary, ["identity", "centred_box", "joint"], title="T", notes=["note"],
+                                     timing={"strong stage": 61, "total": 125}, files={"pictures": "/w/pictures"})
+    lines = text.splitlines()
+    header = next(line for line in lines if "PCK@.1 kp" in line)
+    rows = {name: next(line for line in lines if line.startswith(demo_report.ROW_NAMES[name]))
+            for name in ("identity", "centred_box", "joint")}
+    assert len({len(line) for line in rows.values()} | {len(header)}) == 1  # aligned columns
+    assert rows["joint"].split()[-5:] == ["0.1000", "0.2000", "0.6000", "0.9000", "0.5500"]
+    assert rows["centred_box"].split()[-2:] == ["0.8650", "0.4840"] and "0.0700" not in rows["centred_box"]
+    assert rows["identity"].rstrip().endswith("0.3000")  # blank P/J columns
+    assert "time: strong stage 1m01s, total 2m05s" in lines and "pictures: /w/pictures" in lines
+
+
+def test_summarize_keeps_each_methods_own_outputs():
+    def table(row):
+        return {"rows": {"all": row}, "summary_rows": ["all"]}
+    results = {"centred_box": {"kp_extent": table({"PCK@0.1": 0.07}), "coseg": table({"P": 0.8, "J": 0.5})},
+               "strong_only": {"kp_extent": table({"PCK@0.05": 0.1, "PCK@0.1": 0.2, "PCK@0.1 per-kp": 0.3}),
+                               "img224": table({"PCK@0.05": 0.4, "PCK@0.1": 0.5})}}
+    assert demo_report.summarize(results) == {"centred_box/P": 0.8, "centred_box/J": 0.5, "strong_only/PCK@0.05": 0.1,
+                                              "strong_only/PCK@0.1": 0.2, "strong_only/PCK@0.1_img": 0.5}
