@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
+import sys
 import time
 
 import jax
@@ -133,8 +135,7 @@ def write_pictures(pairs, predictor, workdir, count):
 def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains both stages (resuming), evaluates, draws; returns the results dict (also written to the work dir)."""
     start = time.time()
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = train.check_workdir(workdir)
     strong_dir, joint_dir = os.path.join(workdir, "strong"), os.path.join(workdir, "joint")
 
     logging.info("Stage 1/2: strong (synthetic warps with known θ), %d steps", config.strong.total_steps)
@@ -213,20 +214,42 @@ def headline(results: dict) -> dict:
 FLAGS = flags.FLAGS
 
 
+PROG = "macosnet-demo"
+
+
 def main(argv):
+    """Runs the demo; an error a user can fix (see macosnet_jax.errors) is one line and exit status 2, and a work
+    dir this command created is removed again."""
     del argv
+    from macosnet_jax import checkpoint, errors
     train.quiet_checkpoint_logging()
     if not FLAGS.verbose:
         demo_report.quiet_logging()
-    run_demo(FLAGS.config, FLAGS.workdir)
+    existed = os.path.exists(FLAGS.workdir)
+    try:
+        run_demo(FLAGS.config, FLAGS.workdir)
+    except (errors.UserError, checkpoint.CheckpointError, FileNotFoundError) as e:
+        if not existed:
+            shutil.rmtree(FLAGS.workdir, ignore_errors=True)
+        if FLAGS.verbose or errors.verbose_requested([]):
+            raise
+        errors.report(PROG, errors.one_line(e))
 
 
 def run():
     from ml_collections import config_flags
+
+    from macosnet_jax import errors
     flags.DEFINE_string("workdir", "runs/demo", "Where checkpoints, metrics, tables and pictures go.")
-    flags.DEFINE_bool("verbose", False, "Show every library log line (backend probes, checkpointing, TensorFlow).")
-    config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "The demo config file.", lock_config=False)
-    app.run(main)
+    flags.DEFINE_bool("verbose", False, "Show every library log line (backend probes, checkpointing, TensorFlow) "
+                      "and the traceback of errors a user can fix (also MACOSNET_VERBOSE=1).")
+    try:  # the default config file is loaded here, and the --config.a.b=v overrides applied to it
+        config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "The demo config file.", lock_config=False)
+    except Exception as e:  # noqa: BLE001 - the config file's own exceptions, an unknown key
+        if errors.verbose_requested():
+            raise
+        errors.report(PROG, errors.flag_error_message(e, sys.argv))
+    app.run(main, flags_parser=errors.absl_flags_parser(PROG))
 
 
 if __name__ == "__main__":

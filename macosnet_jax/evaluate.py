@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from macosnet_jax import geometry
+from macosnet_jax import errors, geometry
 
 CONVENTIONS = ("img224", "kp_extent", "bbox")
 IMG224_SIZE = 224.0
@@ -768,7 +768,7 @@ PREPARE_HINT = ("prepare it from the manual download first (see docs/datasets.md
                 "--data_dir {data_dir}`")
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(errors.UserError, FileNotFoundError):
     """A tfds dataset that has not been built from its manual download (in the data dir that was searched)."""
 
 
@@ -791,7 +791,7 @@ def _tfds_builder(name, data_dir):
         return tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # noqa: BLE001 - tfds raises several types for an unknown name or config
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"dataset {name!r} is not a known tfds dataset ({type(e).__name__}: {first_line}); "
+        raise errors.UserError(f"dataset {name!r} is not a known tfds dataset ({type(e).__name__}: {first_line}); "
                          f"expected one of {DATASETS} (optionally with a builder config, e.g. pf_willow/macosnet)"
                          ) from e
 
@@ -803,6 +803,17 @@ def load_tfds_examples(name, split, data_dir=None):
     ValueError naming the available splits when `split` is not one of them.
     """
     import tensorflow_datasets as tfds
+    builder = check_prepared(name, data_dir)
+    available = sorted(builder.info.splits.keys())
+    if split.split("[")[0] not in available:
+        raise ValueError(f"dataset {name!r} has no split {split!r}; its splits are {available}")
+    dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
+    return tfds.as_numpy(dataset), builder.info
+
+
+def check_prepared(name, data_dir=None):
+    """The tfds builder of `name` when it is prepared in `data_dir`; DatasetNotPreparedError (naming the builder,
+    the data dir and the build command) otherwise. Reads no example."""
     builder = _tfds_builder(name, data_dir)
     if not builder.is_prepared():
         where = data_dir or "the default tfds data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
@@ -810,11 +821,7 @@ def load_tfds_examples(name, split, data_dir=None):
             f"dataset {name!r} is not prepared in {where} (looked for {builder.data_dir}; point data_dir / "
             f"config.evaluation.data_dir / $TFDS_DATA_DIR at the folder where it was built, or "
             + PREPARE_HINT.format(name=name, data_dir=data_dir or "<tfds data dir>"))
-    available = sorted(builder.info.splits.keys())
-    if split.split("[")[0] not in available:
-        raise ValueError(f"dataset {name!r} has no split {split!r}; its splits are {available}")
-    dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
-    return tfds.as_numpy(dataset), builder.info
+    return builder
 
 
 def _class_names(info, key="category"):

@@ -8,21 +8,30 @@ again). Metrics go to `<workdir>/metrics.jsonl` and TensorBoard `<workdir>/tb` (
 steps/s and ETA to the log.
 
 Exit status: 0 when done or preempted (SIGTERM: checkpoint written), 1 on a NaN/Inf loss (the last good checkpoint
-is kept), on bad input (config, work dir, incompatible checkpoint) and when a peer process fails.
+is kept) and when a peer process fails, 2 on input a user can fix (a config file, key or value; the work dir; a
+dataset that is not built; weights that do not fit): one line naming what is wrong, and nothing is left in a work
+dir this command created. The inputs are checked before the model is built. `--verbose` (or MACOSNET_VERBOSE=1)
+shows the traceback instead.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from macosnet_jax import errors
+
+PROG = "macosnet"
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/strong_synthetic.py:runlocal",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config of this run live.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if possible) or eval of the latest checkpoint.")
+flags.DEFINE_bool("verbose", False, "Show the traceback of errors a user can fix (also MACOSNET_VERBOSE=1).")
 flags.DEFINE_bool("start_over", False, "Train from step 0 in a work dir whose checkpoints are all unreadable "
                   "(they are kept in checkpoints.corrupt/); without it such a work dir is an error.")
 flags.DEFINE_bool("distributed", os.environ.get("MACOSNET_DISTRIBUTED", "") not in ("", "0"),
@@ -162,6 +171,40 @@ def run_eval(config, workdir: str):
     return tables
 
 
+def check_inputs(config, workdir: str, mode: str) -> None:
+    """Checks what can be checked before the model is built: the work dir is writable, the datasets the run reads
+    are prepared, init_from / init_torch exist, and for --mode eval the work dir holds a run. Raises a UserError
+    (or FileNotFoundError) naming what is wrong."""
+    from macosnet_jax import evaluate, predict, train
+    data = config.get("data", None) or {}
+    datasets = []
+    if mode == "train":
+        train.check_workdir(workdir)
+        if data.get("name", None) == "tfds":
+            datasets.append((data.get("tfds_name", None), data.get("data_dir", None) or None))
+        init_from = config.get("init_from", "")
+        if init_from and "://" not in init_from and not os.path.isdir(init_from):
+            raise errors.UserError(f"config.init_from={init_from}: no such directory (expected the work dir of a "
+                                   "previous stage, or its checkpoints/ folder)")
+        torch_path = (config.get("init_torch", None) or {}).get("path", "")
+        if torch_path and "://" not in torch_path and not os.path.isfile(torch_path):
+            raise errors.UserError(f"config.init_torch.path={torch_path}: no such file")
+    if mode == "eval" or int((config.get("evaluation", None) or {}).get("every_steps", 0) or 0):
+        settings = evaluation_settings(config)
+        datasets.append((settings["dataset"], settings["data_dir"]))
+    if mode == "eval":
+        predict.run_directories(workdir)
+    for name, data_dir in datasets:
+        if name and evaluate._base_name(name) in evaluate.TFDS_DATASETS:
+            evaluate.check_prepared(name, data_dir)
+
+
+def _user_errors() -> tuple:
+    from macosnet_jax import checkpoint, weights
+    return (errors.UserError, checkpoint.CheckpointError, weights.WeightsMismatchError, FileNotFoundError,
+            app.UsageError)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -173,7 +216,9 @@ def main(argv):
     import jax
 
     multi = jax.process_count() > 1
+    workdir_existed = "://" in FLAGS.workdir or os.path.exists(FLAGS.workdir)
     try:
+        check_inputs(FLAGS.config, FLAGS.workdir, FLAGS.mode)
         if FLAGS.mode == "eval":
             run_eval(FLAGS.config, FLAGS.workdir)
         else:
@@ -182,6 +227,15 @@ def main(argv):
     except train.NonFiniteLossError as e:
         logging.error("%s", e)
         _exit(1, multi)
+    except _user_errors() as e:
+        if not workdir_existed and jax.process_index() == 0:
+            shutil.rmtree(FLAGS.workdir, ignore_errors=True)  # leave nothing behind
+        if FLAGS.verbose or errors.verbose_requested([]):
+            raise
+        if multi:
+            logging.error("process %d of %d: %s", jax.process_index(), jax.process_count(), errors.one_line(e))
+            _exit(errors.EXIT_USER_ERROR, multi)
+        errors.report(PROG, errors.one_line(e))
     except Exception as e:  # noqa: BLE001 - report which process failed, then make sure we do exit.
         if multi:
             logging.error("process %d of %d failed (a peer process may have died or lost contact): %s: %s",
@@ -204,7 +258,7 @@ def _exit(code: int, multi: bool) -> None:
 
 def run():
     """Console-script entry point (`macosnet`)."""
-    app.run(main)
+    app.run(main, flags_parser=errors.absl_flags_parser(PROG))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,12 @@ applied, so point coordinates refer to the file's pixel grid): 8-bit RGB as is; 
 converted to RGB (grey replicated); images with transparency (RGBA, LA, palette with transparency) composited
 over white; 16-bit integer images (PNG 'I;16', 'I') scaled to 0..255 by v / 257 (rounded) so full range maps to
 full range; float images ('F') taken as 0..1 if their maximum is <= 1 (then x 255), else clipped to 0..255.
-A missing or unreadable file stops the command with an error that names it.
+A missing or unreadable file stops the command with an error that names it; in collection mode every image is
+read first and all the unreadable ones are listed (`--skip-bad` goes on without them).
+
+Errors a user can fix (paths, images, a checkpoint that does not fit) are one line `macosnet-predict: error: ...`
+with exit status 2, reported before the model is built, and nothing is written; `--verbose` (or
+MACOSNET_VERBOSE=1) shows the traceback.
 """
 from __future__ import annotations
 
@@ -33,15 +38,18 @@ import csv
 import json
 import os
 import pathlib
+import shutil
 import sys
 
 import numpy as np
+
+from macosnet_jax import errors
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 PROG = "macosnet-predict"
 
 
-class CliError(Exception):
+class CliError(errors.UserError):
     """A problem with the user's input (paths, files, arguments): reported as one line, exit status 2."""
 
 
@@ -115,6 +123,30 @@ def load_points(path):
     if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] == 0:
         raise CliError(f"points file {path} must hold a non-empty list of [x, y] pairs; got shape {points.shape}")
     return points
+
+
+def read_collection(folder, skip_bad=False):
+    """The images of a collection folder, every one read before any is used -> (files, uint8 (H, W, 3) images).
+
+    CliError listing every unreadable image (and why), unless `skip_bad`: then they are left out with a warning on
+    stderr naming them. CliError when no readable image remains.
+    """
+    files = list_collection(folder)
+    good, images, bad = [], [], []
+    for path in files:
+        try:
+            images.append(load_image(path))
+            good.append(path)
+        except CliError as error:
+            bad.append(str(error))
+    if bad and not skip_bad:
+        raise CliError(f"{len(bad)} of {len(files)} images in {folder} cannot be used ({'; '.join(bad)}); fix or "
+                       "remove them, or pass --skip-bad to go on without them")
+    if bad:
+        print(f"{PROG}: warning: skipping {len(bad)} unreadable images ({'; '.join(bad)})", file=sys.stderr)
+    if not good:
+        raise CliError(f"none of the {len(files)} images in collection folder {folder} can be read")
+    return good, images
 
 
 def _is_number(text):
@@ -305,12 +337,12 @@ def run_pair(matcher, args, out):
     return result
 
 
-def run_collection(matcher, args, out):
-    """Collection mode: a mask per image aggregated over partners, overlays, a contact sheet, collection.json."""
+def run_collection(matcher, args, out, collection=None):
+    """Collection mode: a mask per image aggregated over partners, overlays, a contact sheet, collection.json.
+    `collection`: (files, images) from `read_collection` (read here when None)."""
     from macosnet_jax import evaluate, visualize  # noqa: PLC0415
 
-    files = list_collection(args.collection)
-    images = [load_image(p) for p in files]
+    files, images = collection or read_collection(args.collection, args.skip_bad)
     probabilities = evaluate.collection_masks(images, matcher.match, partners=args.partners)
     if probabilities and probabilities[0] is None:
         raise CliError("this model has no co-segmentation decoder (it predicts no masks); collection mode needs one")
@@ -324,6 +356,7 @@ def run_collection(matcher, args, out):
     sheet = visualize.contact_sheet(images, probabilities, titles=[p.stem for p in files])
     visualize.save_figure(sheet, out / "contact_sheet.png")
     result = {"folder": os.fspath(args.collection), "partners": args.partners,
+              "skipped": sorted(p.name for p in list_collection(args.collection) if p not in files),
               "aggregation": "each image's sigma(M) averaged over the cyclic partner pairs {i, i+k}, k = 1..partners",
               "images": masks, "model": model_description(args)}
     (out / "collection.json").write_text(json.dumps(result, indent=1))
@@ -368,6 +401,10 @@ def parse_args(argv):
     parser.add_argument("--image-size", type=int, default=240, help="network input size S")
     parser.add_argument("--points", help="JSON/CSV file of B's points (x, y), 1-indexed pixels")
     parser.add_argument("--partners", type=int, default=5, help="collection mode: partner offsets per image")
+    parser.add_argument("--skip-bad", action="store_true", help="collection mode: go on without the images that "
+                        "cannot be read (they are named in a warning) instead of stopping")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of errors a user can fix "
+                        "(also MACOSNET_VERBOSE=1)")
     args = parser.parse_args(argv)
     if args.collection and (args.image_a or args.image_b):
         parser.error("give either two images or --collection, not both")
@@ -375,6 +412,8 @@ def parse_args(argv):
         parser.error("give two images (A B) or --collection FOLDER")
     if bool(args.checkpoint) == bool(args.random_init):
         parser.error("give exactly one of --checkpoint PATH or --random-init")
+    if args.skip_bad and not args.collection:
+        parser.error("--skip-bad applies to collection mode only")
     if args.collection and args.points:
         parser.error("--points applies to pair mode only")
     if args.partners < 1:
@@ -386,10 +425,12 @@ def main(argv=None):
     """Runs the command; returns the exit status (0 ok, 2 bad input). argv excludes the program name."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out = pathlib.Path(args.out)
+    out_existed = out.exists()
+    collection = None
     try:
         # Check every input before the (slow) model build, so a typo fails fast.
         if args.collection:
-            list_collection(args.collection)
+            collection = read_collection(args.collection, args.skip_bad)
         else:
             for path in (args.image_a, args.image_b):
                 load_image(path)
@@ -398,14 +439,18 @@ def main(argv=None):
         matcher = build_matcher(args)
         out.mkdir(parents=True, exist_ok=True)
         if args.collection:
-            result = run_collection(matcher, args, out)
+            result = run_collection(matcher, args, out, collection)
             print(f"{PROG}: wrote {len(result['images'])} masks and contact_sheet.png to {out}")
         else:
             result = run_pair(matcher, args, out)
             print(f"{PROG}: wrote {', '.join(sorted(result['files'].values()))} and result.json to {out}")
-    except CliError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    except errors.UserError as error:
+        if not out_existed:
+            shutil.rmtree(out, ignore_errors=True)  # leave nothing behind
+        if args.verbose or errors.verbose_requested([]):
+            raise
+        print(f"{PROG}: error: {errors.one_line(error)}", file=sys.stderr)
+        return errors.EXIT_USER_ERROR
     return 0
 
 

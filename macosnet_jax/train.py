@@ -42,6 +42,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from macosnet_jax import checkpoint as ckpt_lib
+from macosnet_jax import errors
 
 # ------------------------------------------------------------------------------------------------------------
 # Config helpers
@@ -68,7 +69,11 @@ def parse_config_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
                 raise ValueError(f"config argument '{name}' expects true/false, got '{value}'")
             parsed = value.lower() in ("true", "1")
         elif isinstance(default, (int, float)):
-            parsed = type(default)(value)
+            try:
+                parsed = type(default)(value)
+            except ValueError:
+                kind = "an integer" if isinstance(default, int) else "a number"
+                raise ValueError(f"config argument '{name}' expects {kind}, got '{value}'") from None
         else:
             parsed = value
         out[name] = parsed
@@ -419,7 +424,7 @@ def check_workdir(workdir: str) -> str:
         probe.write_text("ok")
         probe.unlink()
     except Exception as e:  # noqa: BLE001 - OSError locally, various errors from object stores
-        raise ValueError(f"--workdir {workdir} is not a writable directory: {type(e).__name__}: {e}") from e
+        raise errors.UserError(f"--workdir {workdir} is not a writable directory: {type(e).__name__}: {e}") from e
     return workdir
 
 
