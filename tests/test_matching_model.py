@@ -1,4 +1,5 @@
 """Two-stage matching model: end-to-end and stage-wise parity with model_small.npz; heads; gradients; errors."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,7 @@ from conftest import load_fixture
 
 from macosnet_jax import correlation, geometry, weights
 from macosnet_jax.models.matching import MatchingModel, init_matching_model, normalized_correlation
-from macosnet_jax.models.regression import FeatureRegression
+from macosnet_jax.models.regression import FeatureRegression, ValidConv, valid_conv
 
 
 def _nhwc(x):
@@ -149,6 +150,35 @@ def test_regression_head_nhwc_flatten_against_numpy():
     kernel = np.asarray(variables["params"]["linear"]["kernel"])
     want = conv_out.reshape(1, -1) @ kernel + np.asarray(variables["params"]["linear"]["bias"])
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+
+
+def test_valid_conv_against_numpy_loop():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 6, 5, 3)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, 3, 4)).astype(np.float32)
+    want = np.zeros((2, 4, 3, 4), np.float64)
+    for y in range(4):
+        for xx in range(3):
+            want[:, y, xx] = np.einsum("bijc,ijcf->bf", x[:, y:y + 3, xx:xx + 3].astype(np.float64), kernel)
+    np.testing.assert_allclose(valid_conv(jnp.asarray(x), jnp.asarray(kernel), "highest"), want, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_valid_conv_module_is_nn_conv_with_the_same_parameters():
+    """Same parameter tree and init values as nn.Conv (checkpoints and torch imports), same outputs and gradients."""
+    x = jax.random.normal(jax.random.PRNGKey(9), (2, 12, 12, 144))
+    conv, ours = nn.Conv(16, (7, 7), padding="VALID", precision="highest"), ValidConv(16, 7, precision="highest")
+    v_conv, v_ours = conv.init(jax.random.key(10), x), ours.init(jax.random.key(10), x)
+    assert jax.tree.structure(v_conv) == jax.tree.structure(v_ours)
+    jax.tree.map(np.testing.assert_array_equal, v_conv, v_ours)
+    v_conv = jax.tree.map(lambda p: p + 0.1, v_conv)  # a non-zero bias
+
+    def loss(module):
+        return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+    grads_ours = jax.grad(loss(ours), argnums=(0, 1))(v_conv, x)
+    grads_conv = jax.grad(loss(conv), argnums=(0, 1))(v_conv, x)
+    jax.tree.map(lambda g, w: _close(g, w, 1e-5), grads_ours, grads_conv)
+    _close(ours.apply(v_conv, x), conv.apply(v_conv, x), 1e-5)
 
 
 def test_bad_inputs(tiny):

@@ -5,6 +5,11 @@ SPEC §4 (weakalign/CNNGeo's FeatureRegression): conv 225→128 k7 VALID + BN + 
 (H, W, C). Torch flattens (C, H, W): weights.py permutes the imported Dense kernel, so the model stays NHWC.
 
 Submodule names `conv{j}`, `bn{j}`, `linear` map to torch `conv.{3j}`, `conv.{3j+1}`, `linear`.
+
+The VALID convs run as patches × matrix (`valid_conv`): the k·k shifted windows of the input, concatenated on
+channels, times the kernel reshaped to (k·k·C_in, C_out). Same parameters as `nn.Conv` (kernel (k, k, C_in, C_out),
+bias (C_out,)) and the same numbers up to float round-off; on XLA CPU the backward of the 7×7 conv over a 12×12
+correlation is ~7× faster this way than as a convolution (benchmarks/bench_steps.py, docs/results.md).
 """
 from __future__ import annotations
 
@@ -25,6 +30,31 @@ def identity_theta(output_dim: int) -> np.ndarray:
     if output_dim == 18:
         return geometry.IDENTITY_TPS
     raise ValueError(f"output_dim must be 6 (affine) or 18 (TPS), got {output_dim}")
+
+
+def valid_conv(x, kernel, precision: Any = None):
+    """Stride-1 VALID convolution as one matrix product: x (B, H, W, C), kernel (k, k, C, F) -> (B, H-k+1, W-k+1, F).
+
+    Cross-correlation like `nn.Conv` / torch `Conv2d`: out[b, y, x] = Σ_{i,j,c} x[b, y+i, x+j, c] · kernel[i, j, c].
+    """
+    k = kernel.shape[0]
+    out_h, out_w = x.shape[1] - k + 1, x.shape[2] - k + 1
+    patches = jnp.concatenate([x[:, i:i + out_h, j:j + out_w, :] for i in range(k) for j in range(k)], axis=-1)
+    return jnp.einsum("bhwp,pf->bhwf", patches, kernel.reshape(-1, kernel.shape[-1]), precision=precision)
+
+
+class ValidConv(nn.Module):
+    """`nn.Conv(features, (k, k), padding='VALID')` with the same parameters, computed by `valid_conv`."""
+    features: int
+    kernel_size: int
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (self.kernel_size, self.kernel_size, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        return valid_conv(x, kernel, self.precision) + bias
 
 
 class FeatureRegression(nn.Module):
@@ -57,7 +87,7 @@ class FeatureRegression(nn.Module):
                 raise ValueError(f"FeatureRegression: conv{j} (kernel {kernel}, VALID) needs a grid of at least "
                                  f"{kernel}x{kernel}, got {x.shape[1]}x{x.shape[2]} (correlation {corr.shape}); "
                                  "the reference heads expect a 15x15 feature grid (image size 240 at stride 16)")
-            x = nn.Conv(features, (kernel, kernel), padding="VALID", precision=self.precision, name=f"conv{j}")(x)
+            x = ValidConv(features, kernel, precision=self.precision, name=f"conv{j}")(x)
             x = nn.BatchNorm(use_running_average=use_running_average, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
                              name=f"bn{j}")(x)
             x = nn.relu(x)
