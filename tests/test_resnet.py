@@ -1,4 +1,5 @@
 """ResNet encoder: parity with the torchvision-layout reference (resnet_small.npz), shapes, BN modes, key layout."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,3 +108,22 @@ def test_global_pool_and_bad_input():
         model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32)))
     with pytest.raises(ValueError, match="depth"):
         resnet.ResNet(depth=20).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("stride, size", [(1, 6), (2, 7), (2, 8)])
+def test_conv1x1_is_nn_conv_with_the_same_parameters(stride, size):
+    """Same parameter tree and init as nn.Conv(1x1, stride, pad 0), same outputs and gradients (odd sizes too)."""
+    x = jax.random.normal(jax.random.PRNGKey(11), (2, size, size + 1, 5))
+    conv = nn.Conv(3, (1, 1), strides=(stride, stride), padding=((0, 0), (0, 0)), use_bias=False,
+                   precision="highest")
+    ours = resnet.Conv1x1(3, stride, precision="highest")
+    v_conv, v_ours = conv.init(jax.random.key(12), x), ours.init(jax.random.key(12), x)
+    assert jax.tree.structure(v_conv) == jax.tree.structure(v_ours)
+    jax.tree.map(np.testing.assert_array_equal, v_conv, v_ours)
+    np.testing.assert_allclose(ours.apply(v_conv, x), conv.apply(v_conv, x), rtol=1e-5, atol=1e-5)
+
+    def loss(module):
+        return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+    got = jax.grad(loss(ours), argnums=(0, 1))(v_conv, x)
+    want = jax.grad(loss(conv), argnums=(0, 1))(v_conv, x)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5), got, want)

@@ -46,8 +46,31 @@ def output_channels(depth: int, last_layer: str, width: int = 64) -> int:
     return width * 2 ** (level - 1) * block_expansion(depth)
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, precision: Any = None) -> nn.Conv:
-    """Bias-free conv with torch's symmetric padding kernel // 2."""
+class Conv1x1(nn.Module):
+    """Bias-free 1x1 conv with stride, as `nn.Conv(features, (1, 1), strides)`'s parameters (kernel (1, 1, C, F)),
+    computed as a matrix product on the strided input: (B, H, W, C) -> (B, ceil(H/s), ceil(W/s), F).
+
+    Why not nn.Conv: in the training graph XLA CPU runs the weight gradients of 1x1 convolutions through
+    transposes fused with recomputed activations; as an einsum the paper-scale training step is several times
+    faster (benchmarks/bench_conv_forms.py), with the same numbers up to float round-off.
+    """
+    features: int
+    stride: int = 1
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (1, 1, x.shape[-1], self.features),
+                            jnp.float32)
+        if self.stride != 1:
+            x = x[:, ::self.stride, ::self.stride, :]
+        return jnp.einsum("bhwc,cf->bhwf", x, kernel[0, 0], precision=self.precision)
+
+
+def _conv(features: int, kernel: int, stride: int, name: str, precision: Any = None) -> nn.Module:
+    """Bias-free conv with torch's symmetric padding kernel // 2 (1x1: `Conv1x1`, same parameters)."""
+    if kernel == 1:
+        return Conv1x1(features, stride, precision=precision, name=name)
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                    use_bias=False, name=name, precision=precision)
