@@ -8,8 +8,9 @@ Submodule names `conv{j}`, `bn{j}`, `linear` map to torch `conv.{3j}`, `conv.{3j
 
 The VALID convs run as patches × matrix (`valid_conv`): the k·k shifted windows of the input, concatenated on
 channels, times the kernel reshaped to (k·k·C_in, C_out). Same parameters as `nn.Conv` (kernel (k, k, C_in, C_out),
-bias (C_out,)) and the same numbers up to float round-off; on XLA CPU the backward of the 7×7 conv over a 12×12
-correlation is ~7× faster this way than as a convolution (benchmarks/bench_steps.py, docs/results.md).
+bias (C_out,)) and the same numbers up to float round-off. XLA CPU runs the backward of the 7×7 conv over the
+demo's 12×12 correlation (144 -> 128) at a few GFLOP/s as a convolution; as one matrix product the demo's strong
+step takes about half the time (`python benchmarks/bench_steps.py --scale demo`).
 """
 from __future__ import annotations
 
