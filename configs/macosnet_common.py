@@ -1,6 +1,7 @@
 """Pieces shared by the experiment configs (not a config itself: it has no get_config).
 
-Config files load it by path (`sys.path` gets this folder), since configs/ is not an installed package.
+Config files load it through `sys.path` (which gets their own folder): `--config` runs them as files, from a
+checkout's configs/ and from the installed `macosnet_configs` alike.
 Values are SPEC §7 (the released weakalign / CNNGeo / MaCoSNet scripts); `runlocal` shrinks any experiment to a
 CPU smoke run: ResNet-18 cut after layer2 at 64 px, synthetic images, a few steps.
 """

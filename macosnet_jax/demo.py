@@ -2,6 +2,9 @@
 
     macosnet-demo --workdir runs/demo [--config configs/demo.py[:quick]]
 
+The config defaults to the installed `demo.py` (macosnet_configs), so the command works from any directory after
+`pip install`; `--config` takes a path or the name of an installed config (macosnet_jax.config_files).
+
 1. Strong stage (CNNGeo): the matching network learns from synthetic warps with known θ (grid loss).
 2. Joint stage (MaCoSNet): from those weights, matching and co-segmentation learn together from triplets of one
    category with the five losses and no ground truth at all.
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import shutil
 import sys
 import time
@@ -27,14 +29,14 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from macosnet_jax import demo_report, evaluate, geometry, stages, train, visualize
+from macosnet_jax import config_files, demo_report, evaluate, geometry, stages, train, visualize
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+DEFAULT_CONFIG = config_files.config_path("demo")
 STAGE_FIELDS = ("seed", "image_size", "model", "data")
 
 
 def load_config(arg: str | None = None, path: str | os.PathLike = DEFAULT_CONFIG) -> ml_collections.ConfigDict:
-    """`get_config(arg)` of a config file (default: the repo's configs/demo.py)."""
+    """`get_config(arg)` of a config file (default: the installed configs/demo.py)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("macosnet_demo_config", path)
     module = importlib.util.module_from_spec(spec)
@@ -240,6 +242,7 @@ def run():
     from ml_collections import config_flags
 
     from macosnet_jax import errors
+    sys.argv = config_files.resolve_argv(sys.argv)  # --config demo:quick, or configs/demo.py from any directory
     flags.DEFINE_string("workdir", "runs/demo", "Where checkpoints, metrics, tables and pictures go.")
     flags.DEFINE_bool("verbose", False, "Show every library log line (backend probes, checkpointing, TensorFlow) "
                       "and the traceback of errors a user can fix (also MACOSNET_VERBOSE=1).")

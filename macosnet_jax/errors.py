@@ -92,7 +92,9 @@ def absl_flags_parser(prog: str):
         for name in ("config",):
             given = _flag_value(argv, name)
             if given is not None and not os.path.isfile(given.split(":")[0]):
-                report(prog, f"--{name} {given}: no such file {given.split(':')[0]}")
+                from macosnet_jax import config_files  # noqa: PLC0415
+                report(prog, f"--{name} {given}: no such file {given.split(':')[0]} (installed configs: "
+                       f"{', '.join(config_files.names())})")
         try:
             return flags.FLAGS(argv)
         except Exception as e:  # noqa: BLE001 - flags.Error, and the config file's own exceptions

@@ -22,13 +22,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from macosnet_jax import errors
+from macosnet_jax import config_files, errors
 
 PROG = "macosnet"
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/strong_synthetic.py:runlocal",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Experiment config file or installed config name[:arg], e.g. "
+                                "configs/strong_synthetic.py:runlocal", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config of this run live.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes if possible) or eval of the latest checkpoint.")
 flags.DEFINE_bool("verbose", False, "Show the traceback of errors a user can fix (also MACOSNET_VERBOSE=1).")
@@ -257,7 +257,8 @@ def _exit(code: int, multi: bool) -> None:
 
 
 def run():
-    """Console-script entry point (`macosnet`)."""
+    """Console-script entry point (`macosnet`). `--config` takes a path or the name of an installed config."""
+    sys.argv = config_files.resolve_argv(sys.argv)
     app.run(main, flags_parser=errors.absl_flags_parser(PROG))
 
 

@@ -13,7 +13,7 @@ from macosnet_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_CONFIGS = sorted(f for f in glob.glob(os.path.join(REPO, "configs", "*.py"))
-                     if os.path.basename(f) != "macosnet_common.py")
+                     if os.path.basename(f) not in ("macosnet_common.py", "__init__.py"))
 # The experiment configs of the training system; configs/demo.py is the lead's multi-stage demo config.
 CONFIGS = [f for f in ALL_CONFIGS if os.path.basename(f) != "demo.py"]
 
