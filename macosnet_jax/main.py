@@ -15,6 +15,7 @@ shows the traceback instead.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import sys
@@ -22,7 +23,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from macosnet_jax import config_files, errors
+from macosnet_jax import config_files, errors, preemption
 
 PROG = "macosnet"
 
@@ -54,6 +55,9 @@ def maybe_initialize_distributed() -> None:
     if explicit:
         kwargs.update(coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
                       process_id=FLAGS.process_id)
+        # The coordinator (process 0) listens on the address it is given, not on every interface (JAX's default).
+        if "coordinator_bind_address" in inspect.signature(jax.distributed.initialize).parameters:
+            kwargs["coordinator_bind_address"] = FLAGS.coordinator_address
     jax.distributed.initialize(**kwargs)
     logging.info("JAX distributed: process %d of %d, %d local / %d global devices.", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
@@ -210,6 +214,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.config is None or FLAGS.workdir is None:
         raise app.UsageError("--config and --workdir are required")
+    if FLAGS.mode == "train" and not (FLAGS.distributed or FLAGS.coordinator_address):
+        preemption.watch()  # before the slow part: a SIGTERM while building or compiling exits 0, resumable
     from macosnet_jax import train
     train.quiet_checkpoint_logging()
     maybe_initialize_distributed()

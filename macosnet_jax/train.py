@@ -24,8 +24,6 @@ import logging as py_logging
 import math
 import os
 import re
-import signal
-import threading
 import time
 import uuid
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -43,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from macosnet_jax import checkpoint as ckpt_lib
 from macosnet_jax import errors
+from macosnet_jax.preemption import SigtermFlag
 
 # ------------------------------------------------------------------------------------------------------------
 # Config helpers
@@ -428,35 +427,7 @@ def check_workdir(workdir: str) -> str:
     return workdir
 
 
-class _SigtermFlag:
-    """Single process: sets a flag on SIGTERM (preemption notice) instead of dying, so the loop can checkpoint.
-
-    With several processes the handler is NOT installed: JAX's preemption service (started by
-    jax.distributed.initialize) owns SIGTERM and propagates the notice to every process, so that all of them
-    agree on the step to save at (`reached_preemption_sync_point`). A Python handler would replace its handler.
-    """
-
-    def __init__(self):
-        self.received = False
-        self._previous = None
-
-    def __enter__(self):
-        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        logging.warning("SIGTERM received: saving a checkpoint at the end of this step, then exiting.")
-        self.received = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-        return False
-
-
-def _preemption_requested(flag: _SigtermFlag, step: int) -> bool:
+def _preemption_requested(flag: SigtermFlag, step: int) -> bool:
     """Single process: our SIGTERM flag. Several: JAX's preemption sync point (every process sees the same step)."""
     if jax.process_count() == 1:
         return flag.received
@@ -708,9 +679,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
 
     step = start_step
     try:
-        with _SigtermFlag() as sigterm:
+        with SigtermFlag() as sigterm:
             iterator = stage.make_iterator(start_step, jax.process_index(), n_proc)
             while step < total:
+                if step == start_step and sigterm.received:  # a notice during startup or compilation
+                    logging.warning("Preempted before step %d: nothing trained in this run; exiting. The same "
+                                    "command resumes from %s.", start_step + 1,
+                                    f"step {start_step}" if restored is not None else "the start")
+                    break
                 batch = next(iterator)
                 state, metrics = step_fn(state, global_batch(batch, mesh))
                 step += 1

@@ -15,14 +15,14 @@ import os
 import sys
 
 
-def toy_config(steps=6, batch=8, ckpt_every=2, seed=0, nan_at=-1, step_delay=0.0, width=4):
+def toy_config(steps=6, batch=8, ckpt_every=2, seed=0, nan_at=-1, step_delay=0.0, width=4, build_delay=0.0):
     """Config of the toy stage, in the shape main.py and train.py expect."""
     import ml_collections
     return ml_collections.ConfigDict(dict(
         stage="_train_worker:build_toy_stage", seed=seed, total_steps=steps, batch_size=batch,
         log_every_steps=1, checkpoint_every_steps=ckpt_every, keep_checkpoints=3, tensorboard=False,
         init_from="", init_torch=ml_collections.ConfigDict(dict(path="", layout="", prefix="")),
-        toy=dict(nan_at=nan_at, step_delay=step_delay, width=width),
+        toy=dict(nan_at=nan_at, step_delay=step_delay, width=width, build_delay=build_delay),
         optimizer=dict(name="adam", learning_rate=1e-2, lr_boundaries=[4], lr_multipliers=[0.5],
                        param_groups=[("^head/", "head")], group_lr={"head": 3e-2}, frozen_groups=[],
                        grad_clip_norm=0.0)))
@@ -58,6 +58,9 @@ def build_toy_stage(config):
             x = nn.relu(x).mean((1, 2))
             return nn.Dense(2, name="head")(x)
 
+    if config.toy.get("build_delay", 0.0):  # stands in for a slow model build (SIGTERM-at-startup test)
+        print("toy: building the stage", file=sys.stderr, flush=True)
+        time.sleep(config.toy.build_delay)
     model = Toy(width=config.toy.width)
     nan_at = config.toy.nan_at
 
@@ -153,9 +156,10 @@ def main(argv=None):
 def get_config(arg=None):
     """Lets this file serve as a `--config` for macosnet_jax.main: `--config tests/_train_worker.py:steps=8`."""
     from macosnet_jax import train
-    a = train.parse_config_arg(arg, steps=6, batch=8, ckpt_every=2, nan_at=-1, step_delay=0.0, width=4, seed=0)
+    a = train.parse_config_arg(arg, steps=6, batch=8, ckpt_every=2, nan_at=-1, step_delay=0.0, width=4, seed=0,
+                               build_delay=0.0)
     return toy_config(steps=a.steps, batch=a.batch, ckpt_every=a.ckpt_every, seed=a.seed, nan_at=a.nan_at,
-                      step_delay=a.step_delay, width=a.width)
+                      step_delay=a.step_delay, width=a.width, build_delay=a.build_delay)
 
 
 if __name__ == "__main__":

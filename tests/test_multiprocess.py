@@ -27,8 +27,24 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _launch(workdir, config_arg, num_processes=2, devices=2):
-    port = _free_port()
+def _listening_hosts(port):
+    """Hex local addresses of the sockets listening on `port` (Linux /proc/net/tcp and tcp6)."""
+    hosts = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            for row in open(table).read().splitlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                host, hex_port = local.rsplit(":", 1)
+                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                    hosts.append(host)
+    return hosts
+
+
+LOOPBACK = ("0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000")  # 127.0.0.1, ::1
+
+
+def _launch(workdir, config_arg, num_processes=2, devices=2, port=None):
+    port = port or _free_port()
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                PYTHONPATH=os.pathsep.join([TESTS, REPO, os.environ.get("PYTHONPATH", "")]))
     procs = []
@@ -76,13 +92,17 @@ def test_two_processes_two_devices_each_equal_one_process_four_devices(tmp_path)
 
 
 def test_peer_death_makes_the_survivor_exit_nonzero_quickly(tmp_path):
-    procs = _launch(tmp_path, "steps=500,ckpt_every=1000,step_delay=0.2")
+    port = _free_port()
+    procs = _launch(tmp_path, "steps=500,ckpt_every=1000,step_delay=0.2", port=port)
     metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 180
     try:
         while time.time() < deadline and not (metrics.exists() and sum(1 for _ in open(metrics)) >= 2):
             assert all(p.poll() is None for p in procs), "a process ended before the kill"
             time.sleep(0.1)
         assert metrics.exists(), "training never started"
+        # The coordinator listens on the address it was given (127.0.0.1), not on every interface.
+        hosts = _listening_hosts(port)
+        assert hosts and all(h in LOOPBACK for h in hosts), hosts
         procs[1].send_signal(signal.SIGKILL)
         killed_at = time.time()
         _, err = _finish(procs[:1], timeout=60)[0]
@@ -94,6 +114,29 @@ def test_peer_death_makes_the_survivor_exit_nonzero_quickly(tmp_path):
     assert time.time() - killed_at < 60
     assert procs[0].returncode not in (0, None)
     assert "process 0 of 2 failed" in err, err[-3000:]
+
+
+def test_coordinator_death_at_startup_makes_the_peer_exit_nonzero_quickly(tmp_path):
+    """Process 0 hosts JAX's coordination service; when it dies before training, the peer's JAX client aborts the
+    process (SIGABRT, "Terminating process because the JAX distributed service detected fatal errors") within
+    about a second: it cannot be turned into a Python exception, but it is prompt and nothing hangs."""
+    procs = _launch(tmp_path, "steps=50,build_delay=30")
+    try:
+        deadline = time.time() + 120
+        for line in procs[0].stderr:  # process 0 is building its model: the run has not started training
+            if "toy: building the stage" in line or time.time() > deadline:
+                break
+        procs[0].send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        _, err = _finish(procs[1:], timeout=60)[0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+    assert time.time() - killed_at < 60
+    assert procs[1].returncode not in (0, None)
+    assert "JAX distributed service detected fatal errors" in err, err[-3000:]
 
 
 @pytest.mark.slow

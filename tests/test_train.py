@@ -164,6 +164,30 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     ck.close()
 
 
+def test_sigterm_while_the_model_is_built_exits_zero_and_the_same_command_resumes(tmp_path):
+    """The CLI watches for SIGTERM from its start: a notice before the first step is not a crash (-15)."""
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "macosnet_jax.main", f"--config={WORKER}:steps=3,ckpt_every=3,build_delay=20",
+           f"--workdir={workdir}"]
+    env = _worker_env()
+    env["PYTHONPATH"] = os.path.dirname(WORKER) + os.pathsep + env["PYTHONPATH"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = [], time.time() + 90
+    for line in proc.stderr:  # the toy stage says when it starts building (then sleeps build_delay seconds)
+        seen.append(line)
+        if "toy: building the stage" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    err = "".join(seen) + err
+    assert proc.returncode == 0, err[-3000:]
+    assert "Preempted before step 1: nothing trained" in err, err[-3000:]
+    again = subprocess.run([c.replace("build_delay=20", "build_delay=0") for c in cmd], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")] == [1, 2, 3]
+
+
 # -- NaN guard, bad input --------------------------------------------------------------------------------
 
 
