@@ -95,6 +95,40 @@ def test_bad_arguments_raise():
         synthetic.make_synthetic_objects(2, 4)
 
 
+
+def _backdrop_agreement(objects, seed, a, b, pose_b=None, num_categories=4):
+    """Fraction of A's background pixels whose colour is found at the same place of the scene in B (nearest)."""
+    size = objects["image"].shape[1]
+    q = np.asarray(geometry.base_grid(size, size)).reshape(-1, 2)
+    matrix_a, t_a = synthetic.backdrop_pose(seed, a, num_categories)
+    matrix_b, t_b = pose_b or synthetic.backdrop_pose(seed, b, num_categories)
+    q_b = ((q - t_a) @ np.linalg.inv(matrix_a).T) @ np.asarray(matrix_b).T + t_b
+    px = np.rint((q_b + 1) / 2 * (size - 1)).astype(int)
+    sel = (px >= 0).all(1) & (px < size).all(1) & (objects["mask"][a].reshape(-1) == 0)
+    colour_a = objects["image"][a].reshape(-1, 3)[sel].astype(int)
+    colour_b = objects["image"][b][px[sel, 1], px[sel, 0]].astype(int)
+    background_b = objects["mask"][b][px[sel, 1], px[sel, 0]] == 0
+    return np.mean(np.abs(colour_a - colour_b).max(-1)[background_b] < 40)
+
+
+def test_backdrop_is_one_scene_per_category_seen_through_each_images_own_pose():
+    clutter = synthetic.make_synthetic_objects(8, SIZE, seed=3, num_categories=4)
+    backdrop = synthetic.make_synthetic_objects(8, SIZE, seed=3, num_categories=4, background="backdrop")
+    for key in ("mask", "keypoints", "visible", "category"):  # the object and its pose do not change
+        np.testing.assert_array_equal(backdrop[key], clutter[key], err_msg=key)
+    assert not np.array_equal(backdrop["image"], clutter["image"])
+    # Images i and i + 4 share a category (index % 4): their backgrounds agree through the two backdrop poses...
+    for a in range(3):
+        assert _backdrop_agreement(backdrop, 3, a, a + 4) > 0.75
+    # ... and not across categories, nor through a wrong pose.
+    assert _backdrop_agreement(backdrop, 3, 0, 5) < 0.3
+    assert _backdrop_agreement(backdrop, 3, 0, 4, pose_b=(np.eye(2), np.zeros(2))) < 0.6
+    # The per-image clutter has no such shared scene.
+    assert _backdrop_agreement(clutter, 3, 0, 4) < 0.5
+    with pytest.raises(ValueError, match="background must be one of"):
+        synthetic.make_synthetic_objects(2, SIZE, background="sky")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # synthetic_warps
 

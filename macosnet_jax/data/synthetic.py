@@ -12,8 +12,12 @@ rendered by a jitted jax function vmapped over a fixed-size chunk, where XLA fus
 - An instance is the family's object with its own texture (stripes, dots or checker), colour jitter and pose: a
   random affine (rotation, anisotropic scale, shear, shift) plus a smooth non-rigid deformation (a low-frequency
   sinusoidal displacement field), so two images of one category are related by an affine plus a small warp.
-- The object is pasted on a cluttered background (colour gratings, textured ellipses/rectangles) that also holds
-  smaller distractor objects of *other* categories, then pixel noise is added.
+- The object is pasted on a background that also holds smaller distractor objects of *other* categories, then
+  pixel noise is added. Two backgrounds: 'clutter' (colour gratings and textured ellipses/rectangles drawn for
+  each image alone) and 'backdrop' (each category's own scene — a two-colour ground with fixed blobs — that every
+  image of the category sees through its own pose, independent of the object's: background that matches across
+  a category's images but moves differently from the object, so it misleads a matcher that weighs every cell
+  alike, the situation the paper's foreground-weighted matching addresses).
 
 Coordinates follow SPEC §1: normalised corner-aligned [-1, 1]; keypoints are 1-indexed pixels (P, 2) xy.
 The generating map of an instance is image point q -> canonical point u = A^-1 (D(q) - t) with D(q) = q + d(q);
@@ -37,6 +41,8 @@ _MAX_CLUTTER = 18
 _MAX_DISTRACTORS = 2
 _DEFORM_TERMS = 2
 _LANDMARK_RADIUS = 0.8  # boundary landmarks sit at 0.8 R(phi): strictly inside the object, a few pixels from its edge
+_BACKDROP_BLOBS = 8
+BACKGROUNDS = ("clutter", "backdrop")
 _CHUNK = 32  # images rendered at once: bounds memory at (CHUNK, S, S, 3) float32 temporaries
 
 
@@ -53,6 +59,11 @@ class Families:
     part_color: np.ndarray  # (C, 3)
     texture_freq: np.ndarray  # (C,) radians per canonical unit
     landmarks: np.ndarray  # (C, K, 2) canonical landmark positions
+    backdrop_palette: np.ndarray  # (C, 2, 3) the category's scene: two colours of its ground pattern
+    backdrop_freq: np.ndarray  # (C, 2, 2) two grating wave vectors (radians per backdrop unit)
+    backdrop_blob_center: np.ndarray  # (C, B, 2) fixed landmarks of the scene (blobs) in the backdrop frame
+    backdrop_blob_radius: np.ndarray  # (C, B)
+    backdrop_blob_color: np.ndarray  # (C, B, 3)
 
 
 def outline_radius(families: Families, category, phi):
@@ -92,12 +103,31 @@ def make_families(num_categories: int) -> Families:
     partial = Families(amp, phase, (1.0 / peak).astype(np.float32), np.asarray(palette, np.float32),
                        np.asarray(part_c, np.float32), np.asarray(part_r, np.float32),
                        np.asarray(part_col, np.float32), np.asarray(freq, np.float32),
-                       np.zeros((num_categories, NUM_LANDMARKS, 2), np.float32))
+                       np.zeros((num_categories, NUM_LANDMARKS, 2), np.float32), **_make_backdrops(num_categories))
     phi = np.asarray(angles, np.float32)  # (C, K-1)
     radius = _LANDMARK_RADIUS * outline_radius(partial, np.arange(num_categories)[:, None], phi)
     boundary = np.stack([radius * np.cos(phi), radius * np.sin(phi)], axis=-1)
     landmarks = np.concatenate([boundary, np.zeros((num_categories, 1, 2), np.float32)], axis=1)
     return dataclasses.replace(partial, landmarks=landmarks.astype(np.float32))
+
+
+def _make_backdrops(num_categories: int) -> dict:
+    """Each category's scene (its own RNG stream, so the shape families do not depend on it): two colours, two
+    gratings and `_BACKDROP_BLOBS` coloured blobs at fixed places of a backdrop frame. Every image of the
+    category views this one scene through its own pose, independent of the object's."""
+    palette, freq, center, radius, color = [], [], [], [], []
+    for c in range(num_categories):
+        rng = np.random.default_rng([_FAMILY_SEED, c, 0xBAC])
+        hue = rng.uniform(0.0, 1.0)
+        palette.append([_hsv_to_rgb(hue, 0.6, 0.85), _hsv_to_rgb((hue + 0.4) % 1.0, 0.6, 0.35)])
+        freq.append(rng.uniform(5.0, 11.0, (2, 1)) * _unit(rng.uniform(-np.pi, np.pi) + np.array([0.0, np.pi / 2])))
+        center.append(rng.uniform(-1.3, 1.3, (_BACKDROP_BLOBS, 2)))
+        radius.append(rng.uniform(0.12, 0.3, _BACKDROP_BLOBS))
+        color.append([_hsv_to_rgb(rng.uniform(0.0, 1.0), 0.8, rng.uniform(0.5, 1.0)) for _ in range(_BACKDROP_BLOBS)])
+    return {"backdrop_palette": np.asarray(palette, np.float32), "backdrop_freq": np.asarray(freq, np.float32),
+            "backdrop_blob_center": np.asarray(center, np.float32),
+            "backdrop_blob_radius": np.asarray(radius, np.float32),
+            "backdrop_blob_color": np.asarray(color, np.float32)}
 
 
 def _hsv_to_rgb(h, s, v):
@@ -168,6 +198,9 @@ def _draw_image_params(seed, index, num_categories, families):
     p["d_texture_phase"] = rng.uniform(-np.pi, np.pi, (_MAX_DISTRACTORS, 2))
     p["noise_sigma"] = rng.uniform(2.0, 8.0)
     p["noise_seed"] = rng.integers(0, 2**31)
+    # Where this image sees its category's scene: its own rotation, scale and shift, independent of the object's
+    # pose (drawn last, so the other parameters are the same with either background).
+    p["bk_matrix"], p["bk_t"] = _pose(rng, (0.55, 0.85), 0.35, np.pi / 9, 0.0)[:2]
     return {k: np.asarray(v, np.int32 if np.asarray(v).dtype.kind in "iub" else np.float32) for k, v in p.items()}
 
 
@@ -263,12 +296,38 @@ def _paste_clutter(j, image, p, q):
     return jnp.where(shape[..., None], p["cl_color"][j] * jnp.where(dark, 0.5, 1.0)[..., None], image)
 
 
-def _render_one(p, fam, q):
-    """One image: float colours (S, S, 3) without noise, object mask (S, S) bool, landmarks (K, 2) normalised."""
-    waves = jnp.sin(q @ p["bg_freq"].T + p["bg_phase"])  # (S, S, 3 gratings)
-    image = p["bg_color"] + waves @ p["bg_amp"]
-    # A loop, not an unrolled Python for: keeps the XLA compile short (it is part of the demo's budget).
-    image = jax.lax.fori_loop(0, _MAX_CLUTTER, lambda j, im: _paste_clutter(j, im, p, q), image)
+def _backdrop_layer(q, fam, category, matrix, t):
+    """The category's scene seen through the image's backdrop pose: colours (S, S, 3).
+
+    A two-colour pattern (the sign of two gratings) with coloured, dark-rimmed blobs, all in the backdrop frame
+    v = A^-1 (q - t): the same scene in every image of the category, moving independently of the object.
+    """
+    v = (q - t) @ inverse_2x2(jnp.asarray(matrix)).T
+    freq = fam["backdrop_freq"][category]  # (2, 2)
+    pattern = _square_wave(v @ freq[0]) * _square_wave(v @ freq[1]) > 0
+    palette = fam["backdrop_palette"][category]
+    image = jnp.where(pattern[..., None], palette[0], palette[1])
+    for j in range(_BACKDROP_BLOBS):
+        d2 = jnp.sum((v - fam["backdrop_blob_center"][category, j]) ** 2, -1)
+        r = fam["backdrop_blob_radius"][category, j]
+        image = jnp.where((d2 < r * r)[..., None], fam["backdrop_blob_color"][category, j], image)
+        image = jnp.where(((d2 < r * r) & (d2 > (0.75 * r) ** 2))[..., None], 0.3 * image, image)
+    return image
+
+
+def _render_one(p, fam, q, background="clutter"):
+    """One image: float colours (S, S, 3) without noise, object mask (S, S) bool, landmarks (K, 2) normalised.
+
+    background: 'clutter' (colour gratings and shapes drawn for this image alone) or 'backdrop' (the category's
+    scene, shared by its images, see `_backdrop_layer`).
+    """
+    if background == "backdrop":
+        image = _backdrop_layer(q, fam, p["category"], p["bk_matrix"], p["bk_t"])
+    else:
+        waves = jnp.sin(q @ p["bg_freq"].T + p["bg_phase"])  # (S, S, 3 gratings)
+        image = p["bg_color"] + waves @ p["bg_amp"]
+        # A loop, not an unrolled Python for: keeps the XLA compile short (it is part of the demo's budget).
+        image = jax.lax.fori_loop(0, _MAX_CLUTTER, lambda j, im: _paste_clutter(j, im, p, q), image)
     # The distractors and the object share one vmapped layer (one compiled body instead of three); the object
     # is last so that it is pasted on top. Distractors have zero displacement amplitude: purely affine.
     keys = ("matrix", "t", "amp", "freq", "phase")
@@ -288,13 +347,13 @@ def _render_one(p, fam, q):
     return image, mask, landmarks
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
-def _render_batch(params, fam, size):
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _render_batch(params, fam, size, background):
     q = geometry.base_grid(size, size)
-    return jax.vmap(_render_one, in_axes=(0, None, None))(params, fam, q)
+    return jax.vmap(_render_one, in_axes=(0, None, None, None))(params, fam, q, background)
 
 
-def _render_chunk(params, size, families):
+def _render_chunk(params, size, families, background):
     n = len(params)
     # Pad to a fixed chunk so the jitted renderer compiles once per size and every image is computed by the same
     # program (image i does not depend on which other images share its chunk).
@@ -303,7 +362,7 @@ def _render_chunk(params, size, families):
     stacked.pop("noise_seed")
     stacked.pop("noise_sigma")
     fam = {k: jnp.asarray(v) for k, v in dataclasses.asdict(families).items()}
-    image, mask, landmarks = jax.device_get(_render_batch(stacked, fam, size))
+    image, mask, landmarks = jax.device_get(_render_batch(stacked, fam, size, background))
     noise = np.stack([np.random.default_rng(int(p["noise_seed"])).standard_normal((size, size, 3), np.float32)
                       * p["noise_sigma"] for p in params])
     image = np.clip(np.rint(image[:n] + noise), 0, 255).astype(np.uint8)
@@ -311,10 +370,15 @@ def _render_chunk(params, size, families):
     return image, mask[:n].astype(np.uint8), np.asarray(landmarks[:n], np.float32), category
 
 
-def render_synthetic_objects(indices, size: int, seed: int, num_categories: int = 6) -> dict:
+def render_synthetic_objects(indices, size: int, seed: int, num_categories: int = 6,
+                             background: str = "clutter") -> dict:
     """Renders the images `indices` of the synthetic_objects set (seed, num_categories) at size x size.
 
-    Image i is a pure function of (seed, i, size, num_categories): any subset or chunking renders identically.
+    Image i is a pure function of (seed, i, size, num_categories, background): any subset or chunking renders
+    identically. background: 'clutter' (each image its own cluttered background) or 'backdrop' (each category's
+    own scene, seen by each image through its own pose: background that matches across the images of a category
+    but moves independently of the object, the clutter that misleads a matcher without foreground weights). The
+    object, its pose, the distractors and the noise are the same for both.
 
     Returns a dict of numpy arrays, N = len(indices):
       'image' uint8 (N, S, S, 3); 'mask' uint8 (N, S, S) 0/1 (the object, on top of everything);
@@ -323,12 +387,14 @@ def render_synthetic_objects(indices, size: int, seed: int, num_categories: int 
     """
     if size < 8:
         raise ValueError(f"size must be >= 8 pixels; got {size}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}; got {background!r}")
     indices = np.asarray(indices, np.int64).reshape(-1)
     families = make_families(num_categories)
     out = {k: [] for k in ("image", "mask", "keypoints", "category")}
     for start in range(0, len(indices), _CHUNK):
         params = [_draw_image_params(seed, int(i), num_categories, families) for i in indices[start:start + _CHUNK]]
-        for key, value in zip(("image", "mask", "keypoints", "category"), _render_chunk(params, size, families)):
+        for key, value in zip(("image", "mask", "keypoints", "category"), _render_chunk(params, size, families, background)):
             out[key].append(value)
     if not len(indices):
         empty = {"image": np.zeros((0, size, size, 3), np.uint8), "mask": np.zeros((0, size, size), np.uint8),
@@ -344,11 +410,12 @@ def render_synthetic_objects(indices, size: int, seed: int, num_categories: int 
     return result
 
 
-def make_synthetic_objects(num_images: int, size: int = 96, seed: int = 0, num_categories: int = 6) -> dict:
+def make_synthetic_objects(num_images: int, size: int = 96, seed: int = 0, num_categories: int = 6,
+                           background: str = "clutter") -> dict:
     """The first `num_images` images of the synthetic_objects set (see `render_synthetic_objects`)."""
     if num_images < 0:
         raise ValueError(f"num_images must be >= 0; got {num_images}")
-    return render_synthetic_objects(np.arange(num_images), size, seed, num_categories)
+    return render_synthetic_objects(np.arange(num_images), size, seed, num_categories, background)
 
 
 def instance_pose(seed: int, index: int, num_categories: int = 6):
@@ -357,8 +424,14 @@ def instance_pose(seed: int, index: int, num_categories: int = 6):
     return tuple(p[k] for k in ("matrix", "t", "amp", "freq", "phase"))
 
 
+def backdrop_pose(seed: int, index: int, num_categories: int = 6):
+    """(matrix (2, 2), t (2,)) of image `index`'s view of its category's scene: image q = matrix v + t."""
+    p = _draw_image_params(seed, index, num_categories, make_families(num_categories))
+    return p["bk_matrix"], p["bk_t"]
+
+
 def make_synthetic_pairs(num_images: int, size: int = 96, seed: int = 1000, num_categories: int = 6,
-                         num_pairs: int = 200) -> list[dict]:
+                         num_pairs: int = 200, background: str = "clutter") -> list[dict]:
     """Held-out evaluation pairs (A, B) of one category from `make_synthetic_objects(num_images, size, seed, ...)`.
 
     Pairs are drawn with a numpy RNG seeded by `seed` (deterministic); only the landmarks visible in both images
@@ -366,7 +439,7 @@ def make_synthetic_pairs(num_images: int, size: int = 96, seed: int = 1000, num_
     (size, size, 3)), 'keypoints_a', 'keypoints_b' ((P, 2) 1-indexed pixels, P <= NUM_LANDMARKS), 'mask_a',
     'mask_b' ((size, size) ground truth). Use a seed different from the training set's for held-out instances.
     """
-    images = make_synthetic_objects(int(num_images), int(size), int(seed), int(num_categories))
+    images = make_synthetic_objects(int(num_images), int(size), int(seed), int(num_categories), background)
     rng = np.random.default_rng(int(seed))
     by_category = {int(c): np.flatnonzero(images["category"] == c) for c in np.unique(images["category"])}
     by_category = {c: members for c, members in by_category.items() if len(members) >= 2}
