@@ -1,6 +1,6 @@
 """Ablation of joint learning on the demo's synthetic data: does each stream help the other?
 
-    python scripts/ablation.py --workdir runs/ablation [--seeds 0,1,2] [--config configs/demo.py]
+    python scripts/ablation.py --workdir runs/ablation [--seeds 0,1,2] [--config_arg quick]
 
 Trains, from ONE shared strong-stage checkpoint (the demo's stage 1, seed 0) and with the same data and step
 budget as the demo's joint stage, three variants over several seeds (the joint stage's seed: data order, decoder

@@ -515,7 +515,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unknown:
         parser.error(f"unknown fixture(s) {sorted(unknown)}; choose from {FILES}")
     rep = Report()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; fixtures: {FIXTURES}\n")
+    fixtures = FIXTURES.relative_to(FIXTURES.parents[2])  # tests/fixtures/reference: no path of this machine
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; fixtures: {fixtures}\n")
     for name in names:
         start = time.perf_counter()
         CHECKS[name](rep)

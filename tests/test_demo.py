@@ -61,56 +61,6 @@ def test_rerun_resumes_without_retraining(quick_run):
             assert again[key] == pytest.approx(value, abs=1e-6), key
 
 
-def test_mask_signals_script_on_the_quick_run(quick_run, capsys):
-    """scripts/mask_signals.py: the landscape rows and per-term pushes; the 'gt' row's contrastive d⁺ is small and
-    the all-background row's is exactly 0 (both foregrounds empty → identical descriptors)."""
-    import importlib.util
-    import pathlib
-    _, workdir, _ = quick_run
-    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "mask_signals.py"
-    spec = importlib.util.spec_from_file_location("mask_signals", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    labels = np.array([True, True, False, False])
-    assert module._auc(np.array([3.0, 2.0, 1.0, 0.0]), labels, samples=200) == 1.0
-    assert module._auc(np.array([0.0, 1.0, 2.0, 3.0]), labels, samples=200) == 0.0
-    module.main(["--config", str(demo.DEFAULT_CONFIG) + ":quick", "--init_from", str(workdir / "strong"),
-                 "--batch", "2"])
-    out = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()
-            and line.split()[0] in module.CONSTRUCTED}
-    assert set(rows) == set(module.CONSTRUCTED)
-    header = next(line for line in out.splitlines() if line.startswith("masks")).split()[1:]
-    assert float(rows["all_bg"][header.index("contrastive")]) < 1e-6 or \
-        float(rows["all_bg"][header.index("contrastive")]) <= float(rows["gt"][header.index("contrastive")])
-    assert "matching" in out and "AUC" in out and "(no gradient to the masks)" in out  # cycle/transitivity
-    assert "mask_label" in header and "AUC of z" in out and "confident labels" in out  # the demo's label signal
-
-
-def test_pseudo_label_partners_script_on_the_quick_run(quick_run, capsys):
-    """scripts/pseudo_label_partners.py: partners share the anchor's category and are never the anchor; one table
-    row per (K, τ) with AUC and fractions in [0, 1]."""
-    import importlib.util
-    import pathlib
-    _, workdir, _ = quick_run
-    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "pseudo_label_partners.py"
-    spec = importlib.util.spec_from_file_location("pseudo_label_partners", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    categories = np.arange(12) % 3
-    partners = module.partner_indices(categories, np.arange(12), 5)
-    assert np.all(categories[partners] == categories[:, None]) and not np.any(partners == np.arange(12)[:, None])
-    with pytest.raises(ValueError, match="only one"):
-        module.partner_indices(np.array([0, 1, 1]), np.array([0]), 1)
-    module.main(["--config", str(demo.DEFAULT_CONFIG) + ":quick", "--init_from", str(workdir / "strong"),
-                 "--partners", "1,2", "--anchors", "6", "--thresholds", "0.5"])
-    rows = [line.split() for line in capsys.readouterr().out.splitlines()
-            if line.split() and line.split()[0] in ("1", "2")]
-    assert [r[0] for r in rows] == ["1", "2"]
-    for row in rows:
-        assert all(0.0 <= float(v) <= 1.0 for v in (row[1], row[3], row[4], row[5]))
-
-
 def test_report_is_one_table_with_blanks_timing_and_paths():
     summary = {"identity/PCK@0.1": 0.07, "identity/PCK@0.1_img": 0.3, "centred_box/J": 0.484,
                "centred_box/P": 0.865, "joint/PCK@0.05": 0.1, "joint/PCK@0.1": 0.2, "joint/PCK@0.1_img": 0.6,

@@ -1,8 +1,8 @@
 """What each joint-stage loss term tells the co-segmentation masks, measured against ground truth (demo data).
 
-    python scripts/mask_signals.py --init_from runs/demo/strong            # fresh decoder on the strong stage
-    python scripts/mask_signals.py --init_from runs/demo/joint             # a trained joint model
-    python scripts/mask_signals.py --init_from runs/demo/joint --set losses.contrast_margin=0.1
+    python research/mask_signals.py --init_from runs/demo/strong            # fresh decoder on the strong stage
+    python research/mask_signals.py --init_from runs/demo/joint             # a trained joint model
+    python research/mask_signals.py --init_from runs/demo/joint --set losses.contrast_margin=0.1
 
 Why: the losses of SPEC §6 never see a ground-truth mask, so whether the masks can learn the object depends on
 whether the objective *prefers* it. On one batch of training triplets of the demo config (synthetic_objects, which
@@ -18,7 +18,7 @@ has ground-truth masks) the script prints:
 3. The pseudo-label scores z of image A ('pseudo_label' mask signal: partners B and C, plus the mask's own logits
    when the config's pseudo_label_self_weight is set) against the ground truth per cell: AUC, the fraction of
    object / background cells above the threshold and their J, and, for confident labels, what the band leaves.
-Numbers from this script are in docs/results.md ("Why the masks collapse").
+Numbers from this script are in docs/results.md ("Why the masks do not find the object").
 """
 from __future__ import annotations
 

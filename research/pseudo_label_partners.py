@@ -1,6 +1,6 @@
 """How many partners does the 'pseudo_label' mask teacher need? Cell AUC of the labels vs ground truth (demo data).
 
-    python scripts/pseudo_label_partners.py --init_from runs/demo/strong [--partners 1,2,4,8] [--anchors 48]
+    python research/pseudo_label_partners.py --init_from runs/demo/strong [--partners 1,2,4,8] [--anchors 48]
 
 Why: the joint stage labels each image's cells by how well its partners' predicted maps match there
 (`losses.matching_pseudo_labels`; in a triplet A has two partners, B one). Averaging over more partners of the same
