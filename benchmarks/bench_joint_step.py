@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import time
 
 import jax
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def joint_config(scale: str, batch: int):
     """The joint stage's config at `scale` ('paper' or 'demo') with batch size `batch`."""
     import importlib.util
 
-    from macosnet_jax import demo
+    from macosnet_jax import config_files, demo
     if scale == "demo":
         config = demo.stage_config(demo.load_config(), "joint")
     else:
-        path = REPO / "configs" / "macosnet_pfpascal.py"
+        path = config_files.config_path("macosnet_pfpascal")
         spec = importlib.util.spec_from_file_location("bench_joint_config", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import pathlib
 import time
 
 import jax
 import numpy as np
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 DEMO_STAGES = {"strong": "strong", "joint": "joint"}
 PAPER_CONFIGS = {"strong": "strong_synthetic.py", "weak": "weak_pfpascal.py", "joint": "macosnet_pfpascal.py"}
 
@@ -35,7 +33,8 @@ def stage_config(scale: str, stage: str, batch: int | None):
             raise SystemExit(f"--scale demo has the stages {sorted(DEMO_STAGES)}, not {stage!r}")
         config = demo.stage_config(demo.load_config(), DEMO_STAGES[stage])
     else:
-        path = REPO / "configs" / PAPER_CONFIGS[stage]
+        from macosnet_jax import config_files
+        path = config_files.config_path(PAPER_CONFIGS[stage])
         spec = importlib.util.spec_from_file_location(f"bench_{stage}_config", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

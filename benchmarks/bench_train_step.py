@@ -18,7 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _load_config(spec):
     import importlib.util
-    path, _, arg = spec.partition(":")
+
+    from macosnet_jax import config_files
+    path, _, arg = config_files.resolve(spec).partition(":")
     module_spec = importlib.util.spec_from_file_location("bench_config", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
