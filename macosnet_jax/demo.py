@@ -29,7 +29,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from macosnet_jax import config_files, demo_report, evaluate, geometry, stages, train, visualize
+from macosnet_jax import config_files, demo_report, evaluate, geometry, predict, train, visualize
+from macosnet_jax.models import factory
 
 DEFAULT_CONFIG = config_files.config_path("demo")
 STAGE_FIELDS = ("seed", "image_size", "model", "data")
@@ -69,10 +70,6 @@ def evaluation_pairs(config: ml_collections.ConfigDict) -> list[dict]:
 # Predictors: callables (image_a uint8, image_b uint8) -> {'theta_aff', 'theta_tps', 'mask_a', 'mask_b'}.
 
 
-def _prepare(image, size):
-    return geometry.normalize_image(geometry.resize_bilinear(image, size, size))[None]
-
-
 def identity_predictor(image_a, image_b):
     return {"theta_aff": geometry.IDENTITY_AFFINE, "theta_tps": geometry.IDENTITY_TPS, "mask_a": None,
             "mask_b": None}
@@ -93,26 +90,9 @@ def mask_baseline_predictor(kind: str, size: int):
     return predict
 
 
-def matching_predictor(model, variables, size):
-    """The strong-stage MatchingModel (no masks)."""
-    forward = jax.jit(lambda a, b: model.apply(variables, a, b, train=False))
-
-    def predict(image_a, image_b):
-        out = forward(_prepare(image_a, size), _prepare(image_b, size))
-        return {"theta_aff": np.asarray(out["theta_aff"][0]), "theta_tps": np.asarray(out["theta_tps"][0]),
-                "mask_a": None, "mask_b": None}
-    return predict
-
-
-def macosnet_predictor(model, variables, size):
-    """The joint model: θ_aff, θ_tps and both masks."""
-    forward = jax.jit(lambda a, b: model.apply(variables, a, b, method="predict"))
-
-    def predict(image_a, image_b):
-        out = forward(_prepare(image_a, size), _prepare(image_b, size))
-        return {"theta_aff": np.asarray(out["theta_aff"][0]), "theta_tps": np.asarray(out["theta_tps"][0]),
-                "mask_a": np.asarray(out["mask_a"][0]), "mask_b": np.asarray(out["mask_b"][0])}
-    return predict
+def trained_predictor(model, variables, size):
+    """A trained MatchingModel (no masks) or joint model (θ_aff, θ_tps and both masks), through `predict.Matcher`."""
+    return predict.Matcher(model, variables, size).match
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -154,16 +134,16 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("Evaluation on %d held-out pairs", config.eval.num_pairs)
     pairs = evaluation_pairs(config)
     size = config.image_size
-    strong_model = stages.matching_model(strong_cfg)
-    joint_model = stages.macosnet_model(joint_cfg)
+    strong_model = factory.matching_model(strong_cfg)
+    joint_model = factory.macosnet_model(joint_cfg)
     methods = {
         "identity": identity_predictor,
         "all_foreground": mask_baseline_predictor("all_foreground", size),
         "centred_box": mask_baseline_predictor("centred_box", size),
-        "strong_only": matching_predictor(strong_model, {"params": strong_state.params,
-                                                         "batch_stats": strong_state.batch_stats}, size),
-        "joint": macosnet_predictor(joint_model, {"params": joint_state.params,
-                                                  "batch_stats": joint_state.batch_stats}, size),
+        "strong_only": trained_predictor(strong_model, {"params": strong_state.params,
+                                                        "batch_stats": strong_state.batch_stats}, size),
+        "joint": trained_predictor(joint_model, {"params": joint_state.params,
+                                                 "batch_stats": joint_state.batch_stats}, size),
     }
     alphas = tuple(config.eval.alphas)
     results, text = {}, []

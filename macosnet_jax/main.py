@@ -125,9 +125,10 @@ def validation_fn(config):
         return None
     import jax
     from macosnet_jax import evaluate, predict
+    from macosnet_jax.models import factory
     settings = evaluation_settings(config)
     split = evaluate.resolve_split(settings["dataset"], settings["split"])
-    model = predict.model_for_config(config)
+    model = factory.model_for_config(config)
     metric = evaluation.get("metric", "") or ""
     matcher = None  # built once: its jitted forward takes the variables as an argument, so it compiles once
 

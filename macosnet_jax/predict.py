@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from macosnet_jax import geometry
+from macosnet_jax.models import factory
 
 LAYOUTS = ("weakalign", "cnngeo", "macosnet")
 
@@ -139,19 +140,6 @@ class Matcher:
 # --------------------------------------------------------------------------------------------------------------
 # Our own runs (layout 'macosnet').
 
-MATCHING_STAGES = ("strong_synthetic", "weak")
-JOINT_STAGES = ("joint",)
-
-
-def _tuples(value):
-    """JSON lists back to tuples (config.json stores the config's tuples as lists; module fields want tuples)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return value
-
-
 def run_directories(path) -> tuple[str, str]:
     """(work dir, checkpoints dir) of a run, given the work dir, its checkpoints/ or its best/ (train.py's
     best-validation state). Raises FileNotFoundError naming what is missing."""
@@ -188,20 +176,6 @@ def load_run_config(workdir):
     return ml_collections.ConfigDict(config)
 
 
-def model_for_config(config, where="config"):
-    """The Flax module a training config describes: MatchingModel ('strong_synthetic', 'weak') or MaCoSNet ('joint')."""
-    from macosnet_jax import stages
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.model = _tuples(config.model.to_dict())
-    if config.stage in MATCHING_STAGES:
-        return stages.matching_model(config)
-    if config.stage in JOINT_STAGES:
-        return stages.macosnet_model(config)
-    raise ValueError(f"{where}: stage={config.stage!r} has no known inference model; expected one of "
-                     f"{MATCHING_STAGES + JOINT_STAGES}")
-
-
 def load_macosnet_run(path, step: int | None = None, sharding=None):
     """(model, {'params', 'batch_stats'}, config) of one of our runs: a work dir or its checkpoints/ folder.
 
@@ -212,7 +186,7 @@ def load_macosnet_run(path, step: int | None = None, sharding=None):
     from macosnet_jax import checkpoint
     workdir, ckpt_dir = run_directories(path)
     config = load_run_config(workdir)
-    model = model_for_config(config, os.path.join(workdir, "config.json"))
+    model = factory.model_for_config(config, os.path.join(workdir, "config.json"))
     ckpt = checkpoint.Checkpointer(ckpt_dir, async_save=False)
     try:
         steps = ckpt.all_steps()

@@ -264,15 +264,11 @@ def build_matcher(args):
             raise CliError(weights_mismatch_message(error, args.checkpoint, args.image_size)) from error
         except (FileNotFoundError, KeyError, ValueError, checkpoint.CheckpointError) as error:
             raise CliError(f"--checkpoint {args.checkpoint}: {str(error).strip()}") from error
-    from macosnet_jax.models import macosnet, matching  # noqa: PLC0415
+    from macosnet_jax.models import factory  # noqa: PLC0415
 
-    config = dict(depth=args.depth, last_layer=args.last_layer, width=args.width, image_size=args.image_size,
+    fields = dict(depth=args.depth, last_layer=args.last_layer, width=args.width,
                   regression_channels=args.regression_channels, regression_kernels=args.regression_kernels)
-    if args.model == "macosnet":
-        model = macosnet.build_macosnet(**config)
-        variables = random_variables(model, args.seed, args.image_size)
-        return predict.Matcher(model, variables, args.image_size)
-    model = matching.MatchingModel(**config)
+    model = factory.build_model(args.model, args.image_size, **fields)
     return predict.Matcher(model, random_variables(model, args.seed, args.image_size), args.image_size)
 
 

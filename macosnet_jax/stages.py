@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from macosnet_jax import geometry, losses
+from macosnet_jax.models.factory import macosnet_model, matching_model, perceptual_network
 from macosnet_jax.models.matching import MatchingModel, normalized_correlation
 from macosnet_jax.train import Stage, register_stage
 
@@ -43,12 +44,6 @@ def image_source(data: ml_collections.ConfigDict, image_size: int) -> dict:
         import tensorflow_datasets as tfds
         return tfds.load(data.tfds_name, split=data.split, data_dir=data.get("data_dir", None) or None)
     raise ValueError(f"config.data.name='{data.name}' is unknown; expected synthetic_objects, image_folder or tfds")
-
-
-def matching_model(config: ml_collections.ConfigDict, **overrides) -> MatchingModel:
-    fields = dict(config.model)
-    fields.update(overrides)
-    return MatchingModel(image_size=config.image_size, **fields)
 
 
 def _normalize(images):
@@ -172,28 +167,6 @@ def weak(config: ml_collections.ConfigDict) -> Stage:
 
 # ------------------------------------------------------------------------------------------------------------
 # Joint stage (MaCoSNet): triplets of one category, the full objective of SPEC §6.6.
-
-
-def macosnet_model(config: ml_collections.ConfigDict):
-    from macosnet_jax.models.macosnet import build_macosnet
-    return build_macosnet(image_size=config.image_size, **dict(config.model))
-
-
-def perceptual_network(config: ml_collections.ConfigDict):
-    """The frozen network F of the contrastive loss (SPEC §6.4), by config.losses.perceptual_net:
-
-    'imagenet_resnet50': ResNet-50 to layer4 (2048-d after pooling), weights from config.losses.perceptual_weights
-      (a torchvision .pth); 'strong_encoder': a copy of the matching encoder as it was at the start of this stage
-      (the CPU demo, where no ImageNet weights exist), taken from the stage's initial weights.
-    """
-    from macosnet_jax.models.resnet import ResNet
-    kind = config.losses.perceptual_net
-    if kind == "imagenet_resnet50":
-        return ResNet(depth=50, last_layer="layer4", width=64)
-    if kind == "strong_encoder":
-        m = config.model
-        return ResNet(depth=m.depth, last_layer=m.last_layer, width=m.get("width", 64))
-    raise ValueError(f"config.losses.perceptual_net='{kind}' is unknown; expected imagenet_resnet50 or strong_encoder")
 
 
 def load_perceptual_variables(config: ml_collections.ConfigDict, params, batch_stats) -> dict:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from macosnet_jax.models import backbones
 from macosnet_jax.models import resnet as resnet_lib
 from macosnet_jax.models.matching import MatchingModel
 from macosnet_jax.models.regression import identity_theta
@@ -396,17 +397,9 @@ def matching_model_from_state_dict(state_dict, layout: str = "weakalign", image_
 # ----------------------------------------------------------------------------------------------------------------
 # Flax variable -> torch name (one direction: the model enumerates what it needs).
 
+_ENCODER = backbones.RESNET  # weakalign/CNNGeo/torchvision checkpoints hold torchvision ResNets
 _LEAF_TO_TORCH = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
                   ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
-
-
-def _resnet_module_name(parts) -> str:
-    """Flax ResNet module path -> torchvision module name: ('layer2_0', 'downsample_bn') -> 'layer2.0.downsample.1'."""
-    if parts[0] in ("conv1", "bn1"):
-        return parts[0]
-    layer, index = parts[0].split("_")
-    sub = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(parts[1], parts[1])
-    return f"{layer}.{index}.{sub}"
 
 
 def _regression_module_name(part) -> str:
@@ -532,7 +525,7 @@ def convert_torch_checkpoint(path_or_mapping, layout: str, image_size: int = 240
         abstract = _abstract_variables(model, jnp.zeros((1, 64, 64, 3)))
 
         def name_of(path):
-            return f"{_resnet_module_name(path[1:-1])}.{_LEAF_TO_TORCH[(path[0], path[-1])]}"
+            return f"{_ENCODER.torch_module_name(path[1:-1])}.{_LEAF_TO_TORCH[(path[0], path[-1])]}"
 
         flat = _convert(abstract, name_of, state_dict, _leaf_transform(None), dropped)
         return model, flax.traverse_util.unflatten_dict(flat)
@@ -554,7 +547,7 @@ def convert_torch_checkpoint(path_or_mapping, layout: str, image_size: int = 240
     def name_of(path):
         collection, module, *inner, leaf = path
         if module == "encoder":
-            tv_name = _resnet_module_name(inner)
+            tv_name = _ENCODER.torch_module_name(inner)
             top = tv_name.split(".")[0]
             index = {v: k for k, v in _WEAKALIGN_MODULES.items()}[top]
             torch_module = f"{_WEAKALIGN_PREFIX}{index}{tv_name[len(top):]}"

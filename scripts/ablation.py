@@ -22,7 +22,8 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from macosnet_jax import demo, evaluate, stages, train
+from macosnet_jax import demo, evaluate, train
+from macosnet_jax.models import factory
 
 VARIANTS = {
     "full": {},
@@ -50,9 +51,9 @@ def run_variant(config, strong_dir, workdir, variant, seed, pairs):
     if int(state.step) < joint_cfg.total_steps:  # SIGTERM: the run saved a checkpoint and stopped early
         raise SystemExit(f"{variant} seed {seed} stopped at step {int(state.step)} of {joint_cfg.total_steps} "
                          "(interrupted); rerun the same command to resume it")
-    predictor = demo.macosnet_predictor(stages.macosnet_model(joint_cfg),
-                                        {"params": state.params, "batch_stats": state.batch_stats},
-                                        config.image_size)
+    predictor = demo.trained_predictor(factory.macosnet_model(joint_cfg),
+                                       {"params": state.params, "batch_stats": state.batch_stats},
+                                       config.image_size)
     tables = evaluate.evaluate_synthetic(pairs, predictor, conventions=("kp_extent",), alphas=(0.1,))
     summary = demo.headline({variant: {k: t.to_json() for k, t in tables.items()}})
     summary = {k.split("/", 1)[1]: v for k, v in summary.items()}

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from macosnet_jax import checkpoint, evaluate, predict, stages
+from macosnet_jax.models import factory
 from macosnet_jax.data import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def joint_run(tmp_path_factory):
     """(work dir, variables) of a tiny random MaCoSNet (the TSS joint config's runlocal model, width 8, 64 px)."""
     config = _config("macosnet_tss")
     config.model.width = 8
-    model = stages.macosnet_model(config)
+    model = factory.macosnet_model(config)
     images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
     init = jax.jit(lambda key: model.init(key, images, images, train=False))
     variables = jax.device_get(init(stages.fast_init_key(jax.random.key(0))))

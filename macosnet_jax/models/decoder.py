@@ -10,11 +10,11 @@ concatenated) before each following transposed conv:
                                                   -> +stem -> deconv4 -> logits (S x S)
 
 How the depth adapts to the cut layer: the skips are the encoder outputs *above* the cut, from the deepest
-to the shallowest (`decoder_skip_names`): layer3 -> (layer2, layer1, stem); layer2 -> (layer1, stem);
+to the shallowest, as the encoder's entry in models/backbones.py lists them (`decoder_skip_names`): layer3 -> (layer2, layer1, stem); layer2 -> (layer1, stem);
 layer1 -> (stem,); layer4 -> (layer3, layer2, layer1, stem). The stem output (before max-pool) has stride 2
 and every later layer doubles the stride (the max-pool halves between stem and layer1), so the cut layer has
 stride 2^(len(skips)+1) and `len(skips) + 1` doublings bring it back to the input size. Each stage's width
-equals the channel count of the skip it is added to (`decoder_widths`), so thin ResNets work too; the last
+equals the channel count of the skip it is added to (the entry's levels, `decoder_widths`), so thin ResNets work too; the last
 stage has one output channel.
 
 Initialisation (reference): every 3x3 kernel slice is the bilinear-upsampling kernel
@@ -34,38 +34,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Encoder outputs, shallowest first; the stem is the ReLU output before the max-pool.
-_ENCODER_LEVELS = ("stem", "layer1", "layer2", "layer3", "layer4")
+from macosnet_jax.models import backbones
 
-
-def decoder_skip_names(last_layer: str) -> tuple[str, ...]:
+def decoder_skip_names(last_layer: str, backbone: str = "resnet") -> tuple[str, ...]:
     """Skip names added after each upsampling stage, deepest first, for an encoder cut at `last_layer`."""
-    if last_layer not in _ENCODER_LEVELS[1:]:
-        raise ValueError(f"decoder: last_layer must be one of {_ENCODER_LEVELS[1:]}, got {last_layer!r}")
-    return tuple(reversed(_ENCODER_LEVELS[: _ENCODER_LEVELS.index(last_layer)]))
+    return backbones.get(backbone).skips({"last_layer": last_layer})
 
 
 def encoder_channels(depth: int, width: int = 64) -> dict[str, int]:
-    """Channel counts of the torchvision-layout ResNet outputs ('stem', 'layer1'..'layer4').
-
-    Basic blocks (depth 18, 34) keep width·2^(i-1) channels in layer i; bottlenecks (50, 101, 152) expand 4x.
-    """
-    if depth in (18, 34):
-        expansion = 1
-    elif depth in (50, 101, 152):
-        expansion = 4
-    else:
-        raise ValueError(f"decoder: unsupported ResNet depth {depth}; expected 18, 34, 50, 101 or 152")
-    channels = {"stem": width}
-    for i in range(1, 5):
-        channels[f"layer{i}"] = width * expansion * 2 ** (i - 1)
-    return channels
+    """Channel counts of the torchvision-layout ResNet outputs ('stem', 'layer1'..'layer4')."""
+    levels = backbones.RESNET.levels({"depth": depth, "last_layer": "layer4", "width": width})
+    return {name: level.channels for name, level in levels.items()}
 
 
-def decoder_widths(depth: int, last_layer: str, width: int = 64) -> tuple[int, ...]:
+def decoder_widths(depth: int, last_layer: str, width: int = 64, backbone: str = "resnet") -> tuple[int, ...]:
     """Output widths of the upsampling stages before the last: the channels of the skips they meet."""
-    channels = encoder_channels(depth, width)
-    return tuple(channels[name] for name in decoder_skip_names(last_layer))
+    return backbones.get(backbone).skip_widths({"depth": depth, "last_layer": last_layer, "width": width})
 
 
 def bilinear_kernel_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 
 from macosnet_jax import correlation as corr_ops
 from macosnet_jax import geometry
-from macosnet_jax.models.decoder import CosegDecoder, decoder_skip_names, decoder_widths
+from macosnet_jax.models import backbones
+from macosnet_jax.models.decoder import CosegDecoder
 from macosnet_jax.models.matching import MatchingModel
 
 ENCODER_PASSES = {"triplet": 7, "pair": 4, "predict": 3}
@@ -159,13 +160,15 @@ class MaCoSNet(nn.Module):
 
 def build_macosnet(depth: int = 101, last_layer: str = "layer3", width: int = 64, image_size: int = 240,
                    **matching_kwargs) -> MaCoSNet:
-    """MaCoSNet whose decoder follows the encoder: skips and widths from (depth, last_layer, width).
+    """MaCoSNet whose decoder follows the encoder: skips and widths from the backbone entry's levels.
 
-    matching_kwargs go to MatchingModel (regression_channels, regression_kernels, init_identity, ...).
+    matching_kwargs go to MatchingModel (backbone, regression_channels, regression_kernels, init_identity, ...).
     """
     matching = MatchingModel(depth=depth, last_layer=last_layer, width=width, image_size=image_size,
                              **matching_kwargs)
-    decoder = CosegDecoder(widths=decoder_widths(depth, last_layer, width), skips=decoder_skip_names(last_layer),
+    backbone = backbones.get(matching.backbone)
+    fields = matching.encoder_fields()
+    decoder = CosegDecoder(widths=backbone.skip_widths(fields), skips=backbone.skips(fields),
                            precision=matching_kwargs.get("precision"))
     return MaCoSNet(matching=matching, decoder=decoder)
 

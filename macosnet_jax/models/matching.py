@@ -21,8 +21,8 @@ import jax.numpy as jnp
 
 from macosnet_jax import correlation as corr_ops
 from macosnet_jax import geometry
+from macosnet_jax.models import backbones
 from macosnet_jax.models.regression import FeatureRegression
-from macosnet_jax.models.resnet import ResNet
 
 
 def normalized_correlation(features_a, features_b):
@@ -38,7 +38,8 @@ class MatchingModel(nn.Module):
     """Two-stage affine → TPS matcher.
 
     Attributes:
-      depth, last_layer, width: the ResNet encoder (paper: 101, 'layer3', 64).
+      backbone: the encoder family, an entry of models/backbones.py (paper: 'resnet').
+      depth, last_layer, width: the encoder fields the entry reads (ResNet paper: 101, 'layer3', 64).
       image_size: input size S and the size of the stage-2 warp of A (the reference hard-codes 240).
       regression_channels, regression_kernels: FeatureRegression convs.
       init_identity: heads start at the identity transform (from-scratch training); False = reference init.
@@ -46,6 +47,7 @@ class MatchingModel(nn.Module):
       update_head_batch_stats: head BN uses batch statistics in training.
       precision: conv/matmul precision for encoder and heads (None = backend default).
     """
+    backbone: str = "resnet"
     depth: int = 101
     last_layer: str = "layer3"
     width: int = 64
@@ -58,16 +60,21 @@ class MatchingModel(nn.Module):
     precision: Any = None
 
     def setup(self):
-        self.encoder = ResNet(depth=self.depth, last_layer=self.last_layer, width=self.width,
-                              update_batch_stats=self.update_encoder_batch_stats, precision=self.precision)
+        self.encoder = backbones.get(self.backbone).make(self.encoder_fields(),
+                                                         update_batch_stats=self.update_encoder_batch_stats,
+                                                         precision=self.precision)
         head = dict(channels=tuple(self.regression_channels), kernel_sizes=tuple(self.regression_kernels),
                     update_batch_stats=self.update_head_batch_stats, init_identity=self.init_identity,
                     precision=self.precision)
         self.affine_regression = FeatureRegression(output_dim=6, **head)
         self.tps_regression = FeatureRegression(output_dim=18, **head)
 
+    def encoder_fields(self) -> dict:
+        """The fields of this model its backbone entry reads."""
+        return {"depth": self.depth, "last_layer": self.last_layer, "width": self.width}
+
     def encode(self, images, train: bool = False) -> dict:
-        """images (B, S, S, 3) normalised -> ResNet dict: raw 'features' (B, h, w, c) and the skips."""
+        """images (B, S, S, 3) normalised -> the encoder's dict: raw 'features' (B, h, w, c) and its levels."""
         return self.encoder(images, train=train)
 
     def regress_affine(self, corr_norm, train: bool = False):

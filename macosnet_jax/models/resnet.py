@@ -46,6 +46,15 @@ def output_channels(depth: int, last_layer: str, width: int = 64) -> int:
     return width * 2 ** (level - 1) * block_expansion(depth)
 
 
+def torch_module_name(parts) -> str:
+    """Flax module path -> torchvision module name: ('layer2_0', 'downsample_bn') -> 'layer2.0.downsample.1'."""
+    if parts[0] in ("conv1", "bn1"):
+        return parts[0]
+    layer, index = parts[0].split("_")
+    sub = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(parts[1], parts[1])
+    return f"{layer}.{index}.{sub}"
+
+
 class Conv1x1(nn.Module):
     """Bias-free 1x1 conv with stride, as `nn.Conv(features, (1, 1), strides)`'s parameters (kernel (1, 1, C, F)),
     computed as a matrix product on the strided input: (B, H, W, C) -> (B, ceil(H/s), ceil(W/s), F).
