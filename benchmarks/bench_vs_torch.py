@@ -142,12 +142,13 @@ def jax_work(scale: str, row: str, batch: int, data: dict):
     import jax.numpy as jnp
 
     from macosnet_jax import geometry, stages, train
+    from macosnet_jax.models import factory
     from macosnet_jax.models.matching import init_matching_model
     config = scale_config(scale, row)
     if row == "strong":
         config.batch_size = batch
         return _jax_step_runner(train.build_stage(config), config, data)
-    model = stages.matching_model(config)
+    model = factory.matching_model(config)
     if row == "weak":
         size = config.image_size
 
