@@ -125,15 +125,16 @@ def strong_synthetic(config: ml_collections.ConfigDict) -> Stage:
 # Weak stage (weakalign): pairs of one category, L = -(score_aff + score_composed) on the stage-1 correlation.
 
 
-def weak_loss(model: MatchingModel, config, params, batch_stats, batch):
-    """weakalign's loss: the mean over pairs of -(affine inlier score + composed inlier score), fg weight 'none'."""
-    lc = config.get("losses", ml_collections.ConfigDict())
+def weak_loss(model: MatchingModel, options: losses.LossOptions, params, batch_stats, batch):
+    """weakalign's loss: the mean over pairs of -(affine inlier score + composed inlier score), fg weight 'none'.
+
+    options: the inlier score's options (`LossOptions.score_kwargs`); the weights and fg options are not read.
+    """
+    score_kwargs = options.score_kwargs()
     outputs, mutated = model.apply({"params": params, "batch_stats": batch_stats}, _normalize(batch["image_a"]),
                                    _normalize(batch["image_b"]), train=True, mutable=["batch_stats"])
-    options = dict(offset_factor=lc.get("offset_factor", losses.OFFSET_FACTOR), tps_reg=lc.get("tps_reg", 0.2),
-                   kernel=lc.get("inlier_kernel", "bilinear"))
-    score_aff = jax.vmap(lambda c, a: losses.inlier_score(c, a, **options))(outputs["corr_1"], outputs["theta_aff"])
-    score_comp = jax.vmap(lambda c, a, t: losses.inlier_score(c, a, t, **options))(
+    score_aff = jax.vmap(lambda c, a: losses.inlier_score(c, a, **score_kwargs))(outputs["corr_1"], outputs["theta_aff"])
+    score_comp = jax.vmap(lambda c, a, t: losses.inlier_score(c, a, t, **score_kwargs))(
         outputs["corr_1"], outputs["theta_aff"], outputs["theta_tps"])
     loss = -jnp.mean(score_aff + score_comp)
     return loss, (mutated["batch_stats"], {"score_aff": jnp.mean(score_aff), "score_comp": jnp.mean(score_comp)})
@@ -154,12 +155,13 @@ def _pair_iterator(config, triplets):
 def weak(config: ml_collections.ConfigDict) -> Stage:
     """weakalign's weak stage: the two-stage matching model from pairs of one category, no ground truth."""
     model = matching_model(config)
+    options = losses.LossOptions.from_config(config.get("losses", None))
 
     init_fn = _pair_model_init(model, config.image_size)
 
     def loss_fn(params, batch_stats, frozen, batch, rng):
         del frozen, rng
-        return weak_loss(model, config, params, batch_stats, batch)
+        return weak_loss(model, options, params, batch_stats, batch)
 
     return Stage(init_fn=init_fn, loss_fn=loss_fn, make_iterator=_pair_iterator(config, triplets=False),
                  model=model, name="weak")
@@ -182,30 +184,11 @@ def load_perceptual_variables(config: ml_collections.ConfigDict, params, batch_s
     return {"params": params["matching"]["encoder"], "batch_stats": batch_stats["matching"]["encoder"]}
 
 
-LOSS_TERMS = ("matching", "cycle", "transitivity", "contrastive", "task")
-
-
-def total_loss_options(losses_config) -> dict:
-    """config.losses -> the keyword options of `losses.total_loss` (everything but the λs), with its defaults."""
-    lc = losses_config
-    return dict(fg_weight=lc.fg_weight, fg_weight_gradient=lc.get("fg_weight_gradient", "stop"),
-                inlier_kernel=lc.get("inlier_kernel", "bilinear"), cycle_grid_size=lc.get("cycle_grid", 10),
-                composed_consistency=lc.get("composed_consistency", True),
-                task_stop_gradient=lc.get("task_stop_gradient", False), margin=lc.get("contrast_margin", 1.0),
-                pseudo_label_threshold=lc.get("pseudo_label_threshold", 0.5),
-                pseudo_label_sharpness=lc.get("pseudo_label_sharpness", 10.0),
-                pseudo_label_low=lc.get("pseudo_label_low", None),
-                pseudo_label_balanced=lc.get("pseudo_label_balanced", False),
-                pseudo_label_self_weight=lc.get("pseudo_label_self_weight", 0.0))
-
-
-def joint_loss(model, perceptual, config, params, batch_stats, frozen, batch):
-    """The full objective on a batch of triplets (or pairs when every transitivity weight is 0)."""
-    lc = config.losses
-    weights = {name: float(lc.get(name, 0.0)) for name in LOSS_TERMS}
+def joint_loss(model, perceptual, options: losses.LossOptions, params, batch_stats, frozen, batch):
+    """The full objective on a batch of triplets (or pairs when the transitivity weight is 0)."""
     images = {k: _normalize(batch["image_" + k]) for k in "abc" if "image_" + k in batch}
     variables = {"params": params, "batch_stats": batch_stats}
-    if weights["transitivity"]:
+    if options.weight("transitivity"):
         outputs, mutated = model.apply(variables, images["a"], images["b"], images["c"], train=True,
                                        method="triplet", mutable=["batch_stats"])
     else:
@@ -217,17 +200,17 @@ def joint_loss(model, perceptual, config, params, batch_stats, frozen, batch):
     def descriptor_fn(x):
         return global_pool_features(perceptual.apply(frozen, x, train=False)["features"])
 
-    loss, terms = losses.total_loss(outputs, weights, images=images, descriptor_fn=descriptor_fn,
-                                    **total_loss_options(lc))
+    loss, terms = losses.total_loss(outputs, images=images, descriptor_fn=descriptor_fn, options=options)
     return loss, (mutated["batch_stats"], terms)
 
 
 @register_stage("joint")
 def joint(config: ml_collections.ConfigDict) -> Stage:
     """MaCoSNet's joint stage: one shared encoder, matching + co-segmentation, five losses."""
+    options = losses.LossOptions.from_config(config.losses)
     model = macosnet_model(config)
     perceptual = perceptual_network(config)
-    triplets = bool(config.losses.get("transitivity", 0.0))
+    triplets = bool(options.weight("transitivity"))
 
     init_model = _pair_model_init(model, config.image_size)
 
@@ -239,7 +222,7 @@ def joint(config: ml_collections.ConfigDict) -> Stage:
 
     def loss_fn(params, batch_stats, frozen, batch, rng):
         del rng
-        return joint_loss(model, perceptual, config, params, batch_stats, frozen, batch)
+        return joint_loss(model, perceptual, options, params, batch_stats, frozen, batch)
 
     def load_frozen(params, batch_stats):
         return load_perceptual_variables(config, params, batch_stats)

@@ -94,19 +94,20 @@ def main(argv=None):
     def descriptor_fn(x):
         return global_pool_features(perceptual.apply(state.frozen, x, train=False)["features"])
 
-    weights = {name: float(config.losses.get(name, 0.0)) for name in stages.LOSS_TERMS}
-    kwargs = stages.total_loss_options(config.losses)
+    options = losses.LossOptions.from_config(config.losses)
+    weights = {name: options.weight(name) for name in losses.WEIGHT_NAMES}
     gt = {k: jnp.asarray(batch["mask_" + k], jnp.float32) for k in "ab"}
     print(f"batch of {args.batch} triplets, object fraction {float(gt['a'].mean()):.3f}; losses {dict(config.losses)}")
 
     print("\n1. loss at constructed masks (logits ±5)")
-    columns = [t for t in stages.LOSS_TERMS if weights[t]]
-    if weights["matching"] and kwargs["fg_weight_gradient"] == "pseudo_label":
+    columns = [t for t in losses.WEIGHT_NAMES if weights[t]]
+    if weights["matching"] and options.fg_weight_gradient == "pseudo_label":
         columns.append("mask_label")  # part of the matching term (λ_match), shown on its own
     print(f"{'masks':8s} {'total':>8s} " + " ".join(f"{t:>12s}" for t in columns))
     for name, (fg, bg) in CONSTRUCTED.items():
         constructed = dict(outputs, mask_logits={k: fg * gt[k] + bg * (1 - gt[k]) for k in "ab"})
-        total, terms = losses.total_loss(constructed, weights, images=images, descriptor_fn=descriptor_fn, **kwargs)
+        total, terms = losses.total_loss(constructed, weights, images=images, descriptor_fn=descriptor_fn,
+                                         options=options)
         print(f"{name:8s} {float(total):8.4f} " + " ".join(f"{float(terms[t]):12.4f}" for t in columns))
 
     print("\n2. push −∂L/∂logit on the model's masks (image A), per term")
@@ -115,13 +116,13 @@ def main(argv=None):
     print(f"model masks: mean p on object {probs[object_a].mean():.3f}, on background {probs[~object_a].mean():.3f}, "
           f"AUC {_auc(probs.ravel(), object_a.ravel()):.3f}")
     print(f"{'term':12s} {'push on object':>15s} {'push on backgr.':>15s} {'AUC':>6s}")
-    for term in stages.LOSS_TERMS:
+    for term in losses.WEIGHT_NAMES:
         if not weights[term]:
             continue
 
         def one_term(logits, term=term):
             return losses.total_loss(dict(outputs, mask_logits=logits), {term: 1.0}, images=images,
-                                     descriptor_fn=descriptor_fn, **kwargs)[0]
+                                     descriptor_fn=descriptor_fn, options=options)[0]
         push = -np.asarray(jax.grad(one_term)(outputs["mask_logits"])["a"])
         if not np.any(push):
             print(f"{term:12s} {'(no gradient to the masks)':>31s}")
@@ -135,10 +136,10 @@ def main(argv=None):
     c, th_aff, th_tps = outputs["corr"], outputs["theta_aff"], outputs["theta_tps"]
     partners = [[(c["ba"][i], th_aff["ba"][i], th_tps["ba"][i]), (c["ca"][i], th_aff["ca"][i], th_tps["ca"][i])]
                 for i in range(args.batch)]
-    own = {"own_weight": kwargs["pseudo_label_self_weight"]}
+    own = {"own_weight": options.pseudo_label_self_weight}
     z = np.stack([np.asarray(losses.pseudo_label_scores(p, own_logits=outputs["mask_logits"]["a"][i], **own))
                   for i, p in enumerate(partners)])  # the labels total_loss uses (same z), per image A
-    high, low = kwargs["pseudo_label_threshold"], kwargs["pseudo_label_low"]
+    high, low = options.pseudo_label_threshold, options.pseudo_label_low
     fg = z > high
     print(f"object cells {object_cells.mean():.3f}; AUC of z {_auc(z.ravel(), object_cells.ravel()):.3f}; "
           f"z > {high}: {fg[object_cells].mean():.3f} of object cells, {fg[~object_cells].mean():.3f} of background "
