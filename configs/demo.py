@@ -14,11 +14,11 @@ beside the all-foreground and centred-box masks.
 """
 import ml_collections
 
-from macosnet_jax import train
+from macosnet_jax import experiment_config
 
 
 def get_config(arg=None):
-    arg = train.parse_config_arg(arg, quick=False, seed=0)
+    arg = experiment_config.parse_config_arg(arg, quick=False, seed=0)
     config = ml_collections.ConfigDict()
     config.seed = arg.seed
     config.image_size = 96
@@ -30,7 +30,7 @@ def get_config(arg=None):
     config.eval = dict(num_images=240, seed=1000 + arg.seed, num_pairs=200, alphas=(0.05, 0.1),
                        num_pictures=4)
 
-    strong = train.base_config()
+    strong = experiment_config.base_config()
     strong.stage = "strong_synthetic"
     strong.total_steps = 600
     strong.batch_size = 8  # affine pairs, and as many TPS pairs
@@ -40,7 +40,7 @@ def get_config(arg=None):
     strong.keep_checkpoints = 2
     config.strong = strong
 
-    joint = train.base_config()
+    joint = experiment_config.base_config()
     joint.stage = "joint"
     joint.total_steps = 400
     joint.batch_size = 4

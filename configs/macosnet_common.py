@@ -5,7 +5,7 @@ checkout's configs/ and from the installed `macosnet_configs` alike.
 Values are SPEC §7 (the released weakalign / CNNGeo / MaCoSNet scripts); `runlocal` shrinks any experiment to a
 CPU smoke run: ResNet-18 cut after layer2 at 64 px, synthetic images, a few steps.
 """
-from macosnet_jax import train
+from macosnet_jax import experiment_config
 
 # Pair counts of the training sets (DATASETS.md), to turn the scripts' epochs into steps.
 PF_PASCAL_TRAIN_PAIRS = 2940   # train.csv rows (1470 pairs, each also flipped)
@@ -18,7 +18,7 @@ ARG_SPEC = dict(runlocal=False, data_dir="", init_from="", init_torch="", image_
 
 
 def parse(arg):
-    return train.parse_config_arg(arg, **ARG_SPEC)
+    return experiment_config.parse_config_arg(arg, **ARG_SPEC)
 
 
 def paper_model(image_size):
@@ -76,7 +76,7 @@ def joint_config(arg, *, dataset, num_examples, epochs=60, batch_size=4, eval_da
     (unpublished; 1e-4 here, a choice to sweep). Batch 4, 60 epochs, early stop when validation PCK drops 0.05
     below its best (evaluated by macosnet_jax.evaluate).
     """
-    config = train.base_config()
+    config = experiment_config.base_config()
     config.stage = "joint"
     config.image_size = arg.image_size
     config.model = paper_model(arg.image_size)
@@ -91,7 +91,7 @@ def joint_config(arg, *, dataset, num_examples, epochs=60, batch_size=4, eval_da
                          perceptual_net="imagenet_resnet50", perceptual_weights=arg.perceptual_weights,
                          cycle_grid=10, composed_consistency=True, task_stop_gradient=False)
     config.batch_size = batch_size
-    steps_per_epoch = train.epochs_to_steps(1, num_examples, batch_size)
+    steps_per_epoch = experiment_config.epochs_to_steps(1, num_examples, batch_size)
     config.total_steps = epochs * steps_per_epoch
     config.log_every_steps = 20
     config.checkpoint_every_steps = steps_per_epoch

@@ -17,18 +17,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import macosnet_common as common  # noqa: E402
-from macosnet_jax import train  # noqa: E402
+from macosnet_jax import experiment_config  # noqa: E402
 
 
 def get_config(arg=None):
     arg = common.parse(arg)
-    config = train.base_config()
+    config = experiment_config.base_config()
     config.stage = "strong_synthetic"
     config.image_size = arg.image_size
     config.model = common.paper_model(arg.image_size)
     config.data = dict(name="image_folder", path=arg.data_dir, num_images=0, num_categories=0, seed=0)
     config.batch_size = 32
-    steps_per_epoch = train.epochs_to_steps(1, common.VOC2011_TRAIN_IMAGES, config.batch_size)
+    steps_per_epoch = experiment_config.epochs_to_steps(1, common.VOC2011_TRAIN_IMAGES, config.batch_size)
     config.total_steps = 100 * steps_per_epoch
     config.log_every_steps = 50
     config.checkpoint_every_steps = 2 * steps_per_epoch

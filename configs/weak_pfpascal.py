@@ -16,12 +16,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import macosnet_common as common  # noqa: E402
-from macosnet_jax import train  # noqa: E402
+from macosnet_jax import experiment_config  # noqa: E402
 
 
 def get_config(arg=None):
     arg = common.parse(arg)
-    config = train.base_config()
+    config = experiment_config.base_config()
     config.stage = "weak"
     config.image_size = arg.image_size
     config.model = common.paper_model(arg.image_size)
@@ -29,7 +29,7 @@ def get_config(arg=None):
                        crop_keep=(0.5, 1.0), flip=True)
     config.losses = dict(fg_weight="none", inlier_kernel="bilinear")
     config.batch_size = 16
-    steps_per_epoch = train.epochs_to_steps(1, common.PF_PASCAL_TRAIN_PAIRS, config.batch_size)
+    steps_per_epoch = experiment_config.epochs_to_steps(1, common.PF_PASCAL_TRAIN_PAIRS, config.batch_size)
     config.total_steps = 15 * steps_per_epoch
     config.log_every_steps = 20
     config.checkpoint_every_steps = steps_per_epoch

@@ -3,7 +3,7 @@
 A training *stage* (strong / weak / joint, SPEC §7) plugs in as a `Stage`: an init function, a loss function
 `loss_fn(params, batch_stats, frozen, batch, rng) -> (loss, (new_batch_stats, metrics))`, a batch iterator
 factory `make_iterator(start_step, process_index, process_count)` yielding per-process numpy batches, and
-(optionally) the Flax module. Stages are built from the config by name (`register_stage` / `build_stage`). The
+(optionally) the Flax module (macosnet_jax/stage_api.py). Stages are built from the config by name (`build_stage`). The
 optimizer comes from `config.optimizer`: one base optimizer, per-group learning rates (`optax.multi_transform`),
 frozen groups (`optax.set_to_zero`), groups chosen by regular expressions on parameter paths.
 
@@ -18,7 +18,6 @@ Resumption is exact: the data order is a pure function of (seed, step, process),
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging as py_logging
 import math
@@ -26,7 +25,7 @@ import os
 import re
 import time
 import uuid
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,130 +41,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from macosnet_jax import checkpoint as ckpt_lib
 from macosnet_jax import errors
 from macosnet_jax.preemption import SigtermFlag
-
-# ------------------------------------------------------------------------------------------------------------
-# Config helpers
-# ------------------------------------------------------------------------------------------------------------
-
-
-def parse_config_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
-    """Parses the `:arg` of `--config configs/x.py:arg` into a typed ConfigDict (big_vision style).
-
-    `arg` is a comma-separated list of `name=value` or bare `name` (meaning True). `spec` gives the defaults and
-    so the type of each accepted name, e.g. `parse_config_arg('runlocal,res=64', runlocal=False, res=240)`.
-    An unknown name is an error naming the accepted ones.
-    """
-    out = ml_collections.ConfigDict(dict(spec))
-    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
-        name, _, value = item.partition("=")
-        if name not in spec:
-            raise ValueError(f"config argument '{name}' is unknown; accepted: {sorted(spec)}")
-        default = spec[name]
-        if not _:
-            parsed = True
-        elif isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"config argument '{name}' expects true/false, got '{value}'")
-            parsed = value.lower() in ("true", "1")
-        elif isinstance(default, (int, float)):
-            try:
-                parsed = type(default)(value)
-            except ValueError:
-                kind = "an integer" if isinstance(default, int) else "a number"
-                raise ValueError(f"config argument '{name}' expects {kind}, got '{value}'") from None
-        else:
-            parsed = value
-        out[name] = parsed
-    return out
-
-
-def base_config() -> ml_collections.ConfigDict:
-    """The trainer's keys with their defaults; every experiment config starts from it and overrides."""
-    return ml_collections.ConfigDict(dict(
-        stage="",                     # registered stage name or 'package.module:function'
-        seed=0,
-        total_steps=1000,
-        batch_size=32,                # global, over all devices of all processes
-        log_every_steps=50,
-        checkpoint_every_steps=1000,
-        keep_checkpoints=3,
-        tensorboard=True,
-        init_from="",                 # a previous stage's work dir (or checkpoints dir): weights that fit
-        init_prefix="",               # where init_from's tree goes, e.g. 'matching': MatchingModel inside MaCoSNet
-                                      # (a checkpoint that already has this top-level key is merged as is)
-        init_torch=dict(path="", layout="", prefix=""),  # torch weights via macosnet_jax.weights, put under prefix
-        optimizer=dict(name="adam", learning_rate=1e-3, lr_boundaries=[], lr_multipliers=[],
-                       param_groups=[], group_lr={}, frozen_groups=[], grad_clip_norm=0.0),
-    ))
-
-
-def epochs_to_steps(epochs: float, num_examples: int, batch_size: int) -> int:
-    """Steps of `epochs` passes over `num_examples` at global `batch_size` (at least 1)."""
-    return max(1, int(round(epochs * num_examples / batch_size)))
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Stages
-# ------------------------------------------------------------------------------------------------------------
-
-LossFn = Callable[[Any, Any, Any, Mapping[str, Any], jax.Array], tuple[jax.Array, tuple[Any, dict]]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """What a training stage provides to the generic loop.
-
-    init_fn: rng -> {'params': ..., 'batch_stats': ... (may be {}), 'frozen': ... (may be {})}. Must be jittable.
-    loss_fn: (params, batch_stats, frozen, batch, rng) -> (scalar loss, (new_batch_stats, metrics dict)), on the
-      global batch (mean over examples). Gradients are taken w.r.t. params only; `frozen` holds fixed weights
-      (e.g. the perceptual network) that are checkpointed but never optimized.
-    make_iterator: (start_step, process_index, process_count) -> iterator of per-process numpy dict batches
-      (leading axis = global_batch / process_count); batch k of the iterator is the batch of step start_step + k.
-    model: the Flax module (for `TrainState.apply_fn`, prediction), optional.
-    load_frozen: (params, batch_stats) of the initial state (after init_from / init_torch) -> the `frozen`
-      variables, optional: e.g. the contrastive loss's perceptual network copied from the initial encoder or
-      imported from torchvision weights. Runs once, at the start of a run (a resumed run restores them).
-    """
-    init_fn: Callable[[jax.Array], dict]
-    loss_fn: LossFn
-    make_iterator: Callable[[int, int, int], Iterator[Mapping[str, np.ndarray]]]
-    model: Any = None
-    name: str = ""
-    load_frozen: Callable[[Any, Any], dict] | None = None
-
-
-_STAGE_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Stage]] = {}
-
-
-def register_stage(name: str):
-    """Decorator: `@register_stage('strong') def build(config) -> Stage`."""
-    def decorator(builder):
-        _STAGE_BUILDERS[name] = builder
-        return builder
-    return decorator
-
-
-def build_stage(config: ml_collections.ConfigDict) -> Stage:
-    """The stage named `config.stage`: a registered name, or 'package.module:function' (function(config) -> Stage).
-
-    The module form lets a stage defined anywhere (the demo, tests) plug in without being imported here.
-    """
-    name = config.get("stage", None)
-    if isinstance(name, str) and ":" in name:
-        import importlib
-        module_name, _, fn_name = name.partition(":")
-        try:
-            builder = getattr(importlib.import_module(module_name), fn_name)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"config.stage='{name}': cannot import {fn_name} from {module_name} ({e})") from e
-        return builder(config)
-    if name not in _STAGE_BUILDERS:
-        import importlib
-        importlib.import_module("macosnet_jax.stages")  # registers the built-in stages (models, losses, data)
-    if name not in _STAGE_BUILDERS:
-        raise ValueError(f"config.stage='{name}' is not a registered stage; known: {sorted(_STAGE_BUILDERS)} "
-                         "or 'package.module:function'")
-    return _STAGE_BUILDERS[name](config)
+# The config helpers and the stage API live below the trainer; re-exported here as part of its public surface.
+from macosnet_jax.experiment_config import base_config, epochs_to_steps, parse_config_arg  # noqa: F401
+from macosnet_jax.stage_api import LossFn, Stage, build_stage, register_stage  # noqa: F401
 
 
 # ------------------------------------------------------------------------------------------------------------

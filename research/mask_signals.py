@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from macosnet_jax import demo, losses, stages, train
+from macosnet_jax.models import factory
 from macosnet_jax.models.resnet import global_pool_features
 
 CONSTRUCTED = {"gt": (5.0, -5.0), "all_fg": (5.0, 5.0), "all_bg": (-5.0, -5.0), "inverse": (-5.0, 5.0),
@@ -85,11 +86,11 @@ def main(argv=None):
     if "mask_a" not in batch:
         raise SystemExit(f"config.data.name={config.data.name!r} gives no ground-truth masks; use synthetic_objects")
 
-    images = {k: stages._normalize(jnp.asarray(batch["image_" + k])) for k in "abc"}
+    images = {k: stages.normalize(jnp.asarray(batch["image_" + k])) for k in "abc"}
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     outputs, _ = stage.model.apply(variables, images["a"], images["b"], images["c"], train=True, method="triplet",
                                    mutable=["batch_stats"])
-    perceptual = stages.perceptual_network(config)
+    perceptual = factory.perceptual_network(config)
 
     def descriptor_fn(x):
         return global_pool_features(perceptual.apply(state.frozen, x, train=False)["features"])

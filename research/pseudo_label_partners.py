@@ -61,7 +61,7 @@ def main(argv=None):
     data = synthetic.make_synthetic_objects(d.num_images, config.image_size, d.seed, d.num_categories)
     anchors = np.arange(min(args.anchors, d.num_images))
     partners = partner_indices(np.asarray(data["category"]), anchors, counts[-1])
-    images = stages._normalize(jnp.asarray(data["image"]))
+    images = stages.normalize(jnp.asarray(data["image"]))
     pair = jax.jit(lambda a, b: stage.model.apply(variables, a, b, train=False, method="pair"))
 
     maps = []  # per partner slot: (corr C_PA on the anchors' grid, θ_aff, θ_tps of T_PA), batched over anchors
