@@ -24,7 +24,6 @@ import shutil
 import sys
 import time
 
-import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from macosnet_jax import weights
 from macosnet_jax.models import decoder as dec
 
 
@@ -31,7 +32,7 @@ def test_conv_transpose_matches_torch_definition():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 5, 3, 4)).astype(np.float32)   # (Ci, h, w) for the ref, NCHW batch of 2
     w_torch = rng.normal(size=(5, 7, 3, 3)).astype(np.float32)  # (Ci, Co, kh, kw), asymmetric on purpose
-    kernel = dec.decoder_variables_from_torch({"deconv1.weight": w_torch}, prefix="", num_stages=1)
+    kernel = weights.decoder_variables_from_torch({"deconv1.weight": w_torch}, prefix="", num_stages=1)
     kernel = kernel["params"]["deconv1"]["kernel"]
     out = dec.conv_transpose_2x(jnp.asarray(x.transpose(0, 2, 3, 1)), kernel)
     assert out.shape == (2, 6, 8, 7)
@@ -88,7 +89,7 @@ def test_decoder_forward_matches_numpy_reference_with_torch_weights():
     feats = rng.normal(size=(b, h, h, c_feat)).astype(np.float32)
     corr = rng.uniform(size=(b, h, h, c_corr)).astype(np.float32)
     skips = _skips(b, h, widths, names)
-    variables = dec.decoder_variables_from_torch(sd)
+    variables = weights.decoder_variables_from_torch(sd)
     model = dec.CosegDecoder(widths=widths, skips=names)
     logits = np.asarray(model.apply(variables, jnp.asarray(feats), jnp.asarray(corr), skips, train=False))
     assert logits.shape == (b, 16 * h, 16 * h, 1)
@@ -144,4 +145,4 @@ def test_bad_skip_shape_is_a_clear_error():
     with pytest.raises(ValueError, match="skip 'layer1'"):
         model.init(jax.random.PRNGKey(0), feats, corr, skips, train=False)
     with pytest.raises(KeyError, match="missing"):
-        dec.decoder_variables_from_torch({}, prefix="Decoder.")
+        weights.decoder_variables_from_torch({}, prefix="Decoder.")

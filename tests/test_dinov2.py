@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from macosnet_jax import dinov2_weights, weights
+from macosnet_jax import weights
+from macosnet_jax.weights import dinov2 as dinov2_weights
 from macosnet_jax.models import dinov2 as dv
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "dinov2"

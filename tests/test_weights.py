@@ -15,6 +15,7 @@ from conftest import FIXTURES, load_fixture
 
 from macosnet_jax import weights
 from macosnet_jax.models.matching import MatchingModel
+from macosnet_jax.models.regression import identity_theta
 
 LEGACY = FIXTURES / "model_small_weakalign_legacy.pth.tar"
 
@@ -161,7 +162,7 @@ def test_linear_flatten_permutation_against_numpy():
     x_chw = rng.normal(size=(c, h, w)).astype(np.float32)
     weight = rng.normal(size=(d, c * h * w)).astype(np.float32)
     torch_out = weight @ x_chw.reshape(-1)  # torch: flatten (C, H, W)
-    kernel = weights._torch_flatten_linear_to_flax(weight, c)
+    kernel = weights.convert._torch_flatten_linear_to_flax(weight, c)
     flax_out = np.transpose(x_chw, (1, 2, 0)).reshape(-1) @ kernel  # ours: flatten (H, W, C)
     np.testing.assert_allclose(flax_out, torch_out, rtol=1e-5)
 
@@ -217,7 +218,7 @@ def test_cnngeo_single_head_gets_identity_partner(model_small_state):
     model, variables = weights.convert_torch_checkpoint(affine_only, "cnngeo", image_size=60)
     corr = np.abs(np.random.default_rng(0).normal(size=(2, 15, 15, 225))).astype(np.float32)
     theta_tps = model.apply(variables, corr, method=MatchingModel.regress_tps)
-    np.testing.assert_allclose(theta_tps, np.tile(weights.identity_theta(18), (2, 1)), atol=0)
+    np.testing.assert_allclose(theta_tps, np.tile(identity_theta(18), (2, 1)), atol=0)
     # The TPS-only CNNGeo model: its head goes to tps_regression, the affine head is the identity.
     tps_only = {("FeatureRegression." + k[len("FeatureRegression2."):] if k.startswith("FeatureRegression2.")
                  else k): v for k, v in model_small_state.items() if not k.startswith("FeatureRegression.")}
@@ -225,7 +226,7 @@ def test_cnngeo_single_head_gets_identity_partner(model_small_state):
     np.testing.assert_array_equal(variables["params"]["tps_regression"]["conv0"]["bias"],
                                   model_small_state["FeatureRegression2.conv.0.bias"])
     np.testing.assert_array_equal(variables["params"]["affine_regression"]["linear"]["bias"],
-                                  weights.identity_theta(6))
+                                  identity_theta(6))
 
 
 def test_infer_resnet_config_variants():

@@ -1,4 +1,4 @@
-"""Co-segmentation decoder D of MaCoSNet (SPEC §5) and the import of its PyTorch weights.
+"""Co-segmentation decoder D of MaCoSNet (SPEC §5).
 
 The decoder turns, for one image, the concatenation of its raw last-layer encoder features and the
 normalised correlation that lies on its own grid (for A: C_BA) into mask logits at the input resolution.
@@ -10,20 +10,20 @@ concatenated) before each following transposed conv:
                                                   -> +stem -> deconv4 -> logits (S x S)
 
 How the depth adapts to the cut layer: the skips are the encoder outputs *above* the cut, from the deepest
-to the shallowest, as the encoder's entry in models/backbones.py lists them (`decoder_skip_names`): layer3 -> (layer2, layer1, stem); layer2 -> (layer1, stem);
-layer1 -> (stem,); layer4 -> (layer3, layer2, layer1, stem). The stem output (before max-pool) has stride 2
-and every later layer doubles the stride (the max-pool halves between stem and layer1), so the cut layer has
-stride 2^(len(skips)+1) and `len(skips) + 1` doublings bring it back to the input size. Each stage's width
-equals the channel count of the skip it is added to (the entry's levels, `decoder_widths`), so thin ResNets work too; the last
-stage has one output channel.
+to the shallowest, as the encoder's entry in models/backbones.py lists them (`decoder_skip_names`):
+layer3 -> (layer2, layer1, stem); layer2 -> (layer1, stem); layer1 -> (stem,); layer4 -> (layer3, layer2, layer1,
+stem). The stem output (before max-pool) has stride 2 and every later layer doubles the stride (the max-pool
+halves between stem and layer1), so the cut layer has stride 2^(len(skips)+1) and `len(skips) + 1` doublings bring it back to the input size. Each stage's width
+equals the channel count of the skip it is added to (the entry's levels, `decoder_widths`), so thin ResNets work
+too; the last stage has one output channel.
 
 Initialisation (reference): every 3x3 kernel slice is the bilinear-upsampling kernel
 outer([.5, 1, .5], [.5, 1, .5]) / C_in, so at init each stage upsamples the channel mean bilinearly.
 
 Kernel layout: the Flax parameter `kernel` (3, 3, C_in, C_out) is the kernel of the equivalent lhs-dilated
 *correlation* (what `lax.conv_general_dilated` computes). A PyTorch ConvTranspose2d weight (C_in, C_out, kh,
-kw) is the scatter kernel; the two differ by a spatial flip, which `decoder_variables_from_torch` applies.
-The model code never flips anything.
+kw) is the scatter kernel; the two differ by a spatial flip, which the weight import applies
+(`weights.decoder_variables_from_torch`); the model code never flips anything.
 """
 from __future__ import annotations
 
@@ -128,35 +128,3 @@ class CosegDecoder(nn.Module):
                                  f"gives {x.shape}; set widths/skips to the encoder's (decoder_widths)")
             x = x + skip
         return ConvTranspose2x(1, self.precision, name=f"deconv{len(self.skips) + 1}")(x)
-
-
-def decoder_variables_from_torch(state_dict: Mapping[str, Any], prefix: str = "Decoder.",
-                                 num_stages: int = 4) -> dict:
-    """Flax variables {'params', 'batch_stats'} of `CosegDecoder` from the reference's torch Decoder weights.
-
-    state_dict: name -> array-like (numpy or torch tensors converted by the caller), keys
-      `{prefix}deconv{i}.weight` (C_in, C_out, 3, 3) for i = 1..num_stages and
-      `{prefix}bn{i}.{weight,bias,running_mean,running_var}` for i = 1..num_stages-1.
-    The ConvTranspose weight becomes (3, 3, C_in, C_out) with both spatial axes flipped (scatter kernel ->
-    correlation kernel of the lhs-dilated conv).
-    """
-    def get(key: str) -> np.ndarray:
-        full = prefix + key
-        if full not in state_dict:
-            raise KeyError(f"decoder weights: missing {full!r} (have {len(state_dict)} keys, e.g. "
-                           f"{sorted(state_dict)[:3]})")
-        return np.asarray(state_dict[full], dtype=np.float32)
-
-    params: dict = {}
-    stats: dict = {}
-    for i in range(1, num_stages + 1):
-        w = get(f"deconv{i}.weight")
-        if w.ndim != 4 or w.shape[2:] != (3, 3):
-            raise ValueError(f"decoder weights: {prefix}deconv{i}.weight has shape {w.shape}, expected "
-                             "(C_in, C_out, 3, 3)")
-        params[f"deconv{i}"] = {"kernel": jnp.asarray(w.transpose(2, 3, 0, 1)[::-1, ::-1])}
-        if i < num_stages:
-            params[f"bn{i}"] = {"scale": jnp.asarray(get(f"bn{i}.weight")), "bias": jnp.asarray(get(f"bn{i}.bias"))}
-            stats[f"bn{i}"] = {"mean": jnp.asarray(get(f"bn{i}.running_mean")),
-                               "var": jnp.asarray(get(f"bn{i}.running_var"))}
-    return {"params": params, "batch_stats": stats}

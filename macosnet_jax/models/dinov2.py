@@ -1,7 +1,7 @@
 """DINOv2 Vision Transformer encoder (facebookresearch/dinov2's `DinoVisionTransformer`), NHWC, in Flax.
 
 Behaviour follows the official backbone so that its released checkpoints load unchanged
-(`macosnet_jax.dinov2_weights.load_dinov2`); the conventions are pinned in `tests/fixtures/dinov2/README.md`:
+(`macosnet_jax.weights.load_dinov2`); the conventions are pinned in `tests/fixtures/dinov2/README.md`:
 
 * images (B, H, W, 3) ImageNet-normalised, H and W multiples of the patch size 14; h, w = H/14, W/14; N = h·w.
 * tokens `[cls, reg_1..reg_R, patch_0..patch_{N-1}]` (patches row-major over the (h, w) grid); the positional

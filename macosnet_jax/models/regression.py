@@ -2,7 +2,8 @@
 
 SPEC §4 (weakalign/CNNGeo's FeatureRegression): conv 225→128 k7 VALID + BN + ReLU → conv 128→64 k5 VALID + BN
 + ReLU → flatten → Dense(D), D = 6 (affine) or 18 (TPS). Input (B, h, w, h·w) NHWC; the flatten is in NHWC order
-(H, W, C). Torch flattens (C, H, W): weights.py permutes the imported Dense kernel, so the model stays NHWC.
+(H, W, C). Torch flattens (C, H, W): the weight import (weights.convert) permutes the imported Dense kernel, so
+the model stays NHWC.
 
 Submodule names `conv{j}`, `bn{j}`, `linear` map to torch `conv.{3j}`, `conv.{3j+1}`, `linear`.
 

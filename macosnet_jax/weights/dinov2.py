@@ -1,7 +1,7 @@
 """Official DINOv2 checkpoints (facebookresearch/dinov2 `.pth` state_dicts) -> (DinoV2 model, Flax variables).
 
 The files (`dinov2_vit{s,b,l,g}14[_reg4]_pretrain.pth`) are plain state_dicts in torch's zip format, read by
-`weights.load_torch_state_dict` (no torch needed). The architecture is inferred from the tensors:
+`weights.torch_pickle.load_torch_state_dict` (no torch needed). The architecture is inferred from the tensors:
 embed_dim from `cls_token`, depth from the `blocks.{i}.` indices, register count from `register_tokens`, the stored
 positional grid from `pos_embed`, the FFN (`mlp.fc1` -> GELU MLP of that width, `mlp.w12` -> SwiGLU), LayerScale
 from `ls1.gamma`. The head count is not stored in any tensor: every official size uses head_dim 64, so
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from macosnet_jax.models.dinov2 import DinoV2
+from macosnet_jax.weights.torch_pickle import load_torch_state_dict
 
 _TOKENS = ("cls_token", "pos_embed", "mask_token", "register_tokens")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -46,8 +47,7 @@ def read_state_dict(path_or_mapping) -> dict[str, np.ndarray]:
         with np.load(path_or_mapping) as data:
             items = {k: data[k] for k in data.files if "." in k or k in _TOKENS}
     else:
-        from macosnet_jax import weights  # the torch reader (imported here: weights re-exports load_dinov2)
-        items = dict(weights.load_torch_state_dict(path_or_mapping))
+        items = dict(load_torch_state_dict(path_or_mapping))
     out = {}
     for name, value in items.items():
         while name.startswith("module."):
