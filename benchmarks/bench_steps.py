@@ -63,12 +63,18 @@ def random_batch(config, stage: str) -> dict:
     return {f"image_{k}": images() for k in keys}
 
 
-def measure(scale: str, stage_name: str, batch: int | None, runs: int) -> dict:
+def prepared_step(scale: str, stage_name: str, batch: int | None, wrap_optimizer=None):
+    """(config, jitted step, initial state, device batch) of a stage at `scale`.
+
+    wrap_optimizer: optional optax.GradientTransformation -> GradientTransformation (benchmarks/profile_step.py
+    names the optimizer's ops with it)."""
     from macosnet_jax import train
     config = stage_config(scale, stage_name, batch)
     stage = train.build_stage(config)
     mesh = train.make_mesh(jax.devices()[:1])
     tx = train.make_optimizer(config.optimizer)
+    if wrap_optimizer is not None:
+        tx = wrap_optimizer(tx)
     state = jax.jit(lambda r: train.create_train_state(stage, tx, r),
                     out_shardings=train.replicated(mesh))(jax.random.key(0))
     if stage.load_frozen is not None:
@@ -76,6 +82,11 @@ def measure(scale: str, stage_name: str, batch: int | None, runs: int) -> dict:
         state = state.replace(frozen=jax.tree.map(jax.numpy.copy, stage.load_frozen(state.params, state.batch_stats)))
     step_fn = train.make_train_step(stage, mesh, seed=0)
     batch_arrays = train.global_batch(random_batch(config, stage_name), mesh)
+    return config, step_fn, state, batch_arrays
+
+
+def measure(scale: str, stage_name: str, batch: int | None, runs: int) -> dict:
+    config, step_fn, state, batch_arrays = prepared_step(scale, stage_name, batch)
     t0 = time.perf_counter()
     state, metrics = step_fn(state, batch_arrays)
     jax.block_until_ready(metrics)
