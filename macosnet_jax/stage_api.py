@@ -31,6 +31,9 @@ class Stage:
     load_frozen: (params, batch_stats) of the initial state (after init_from / init_torch) -> the `frozen`
       variables, optional: e.g. the contrastive loss's perceptual network copied from the initial encoder or
       imported from torchvision weights. Runs once, at the start of a run (a resumed run restores them).
+    load_torch: (path, layout) -> {'params', 'batch_stats'} of torch weights converted for this stage's model
+      (`config.init_torch`), optional: the stage knows the model's sizes; without it the trainer converts with
+      `weights.load_torch_checkpoint(path, layout)` alone.
     """
     init_fn: Callable[[jax.Array], dict]
     loss_fn: LossFn
@@ -38,6 +41,7 @@ class Stage:
     model: Any = None
     name: str = ""
     load_frozen: Callable[[Any, Any], dict] | None = None
+    load_torch: Callable[[str, str], dict] | None = None
 
 
 _STAGE_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict], Stage]] = {}

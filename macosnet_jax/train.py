@@ -319,6 +319,27 @@ def _preemption_requested(flag: SigtermFlag, step: int) -> bool:
         return False
 
 
+def merge_initial_weights(state: TrainState, variables: Mapping, prefix: str, source: str,
+                          sharding: NamedSharding) -> TrainState:
+    """`state` with the matching arrays of variables {'params', 'batch_stats'} (a previous run or torch weights).
+
+    prefix: where the tree goes ('' the root; e.g. 'matching': a MatchingModel inside MaCoSNet). A tree that
+    already has the prefix at its top level (e.g. a joint run continued by SPair fine-tuning) is merged as is; a
+    bare tree is nested under it. No parameter copied is an error naming `source`.
+    """
+    for collection in ("params", "batch_stats"):
+        tree = variables.get(collection, {})
+        if prefix and prefix not in tree:
+            tree = {prefix: tree}
+        merged, copied = ckpt_lib.merge_variables(getattr(state, collection), tree, f"{source} ({collection})")
+        state = state.replace(**{collection: jax.device_put(merged, sharding)})
+        logging.info("%s: %d %s arrays copied", source, copied, collection)
+        if collection == "params" and copied == 0:
+            raise ckpt_lib.IncompatibleCheckpointError(
+                f"{source}: no parameter path matches the configured model (prefix '{prefix}')")
+    return state
+
+
 def initial_state(config: ml_collections.ConfigDict, stage: Stage, tx, mesh: Mesh) -> TrainState:
     """A fresh state, then weights from `config.init_from` (previous stage) or `config.init_torch` if set."""
     rep = replicated(mesh)
@@ -330,40 +351,18 @@ def initial_state(config: ml_collections.ConfigDict, stage: Stage, tx, mesh: Mes
             loaded = ckpt_lib.load_variables(init_from, rep)
         except ckpt_lib.CheckpointError as e:
             raise ckpt_lib.CheckpointError(f"config.init_from={init_from}: {e}") from e
-        prefix = config.get("init_prefix", "")
-        for collection in ("params", "batch_stats"):
-            # A checkpoint already in the target layout (e.g. a joint run continued by SPair fine-tuning) has the
-            # prefix at its top level and is merged as is; a bare MatchingModel tree is nested under it.
-            nest = prefix and prefix not in loaded[collection]
-            source = {prefix: loaded[collection]} if nest else loaded[collection]
-            merged, copied = ckpt_lib.merge_variables(getattr(state, collection), source,
-                                                      f"config.init_from={init_from} ({collection})")
-            state = state.replace(**{collection: merged})
-            logging.info("init_from %s: %d %s arrays copied", init_from, copied, collection)
-            if collection == "params" and copied == 0:
-                raise ckpt_lib.IncompatibleCheckpointError(
-                    f"config.init_from={init_from}: no parameter path matches the configured model")
+        state = merge_initial_weights(state, loaded, config.get("init_prefix", ""), f"config.init_from={init_from}",
+                                      rep)
     init_torch = config.get("init_torch", None)
     if init_torch and init_torch.get("path", ""):
-        from macosnet_jax import weights  # another engineer's module; only needed when torch weights are used.
-        kwargs = {}
-        if "image_size" in config:
-            kwargs["image_size"] = config.image_size
-        if init_torch.layout == "torchvision_resnet" and "model" in config and "last_layer" in config.model:
-            kwargs["last_layer"] = config.model.last_layer
-        variables = weights.load_torch_checkpoint(init_torch.path, init_torch.layout, **kwargs)
-        prefix = init_torch.get("prefix", "")  # e.g. 'encoder': a bare ResNet goes inside the matching model
-        for collection in ("params", "batch_stats"):
-            source = variables.get(collection, {})
-            source = {prefix: source} if prefix else source
-            merged, copied = ckpt_lib.merge_variables(getattr(state, collection), source,
-                                                      f"config.init_torch={init_torch.path}")
-            state = state.replace(**{collection: jax.device_put(merged, rep)})
-            logging.info("init_torch %s: %d %s arrays copied", init_torch.path, copied, collection)
-            if collection == "params" and copied == 0:
-                raise ckpt_lib.IncompatibleCheckpointError(
-                    f"config.init_torch={init_torch.path}: no parameter path matches the configured model "
-                    f"(layout '{init_torch.layout}', prefix '{prefix}')")
+        if stage.load_torch is not None:
+            variables = stage.load_torch(init_torch.path, init_torch.layout)
+        else:
+            from macosnet_jax import weights  # only needed when torch weights are used
+            variables = weights.load_torch_checkpoint(init_torch.path, init_torch.layout)
+        # prefix, e.g. 'encoder': a bare ResNet goes inside the matching model.
+        state = merge_initial_weights(state, variables, init_torch.get("prefix", ""),
+                                      f"config.init_torch={init_torch.path} (layout '{init_torch.layout}')", rep)
     if stage.load_frozen is not None:
         # A copy: the step donates the state, and one buffer must not be donated twice (params and frozen).
         frozen = jax.tree.map(jnp.copy, stage.load_frozen(state.params, state.batch_stats))

@@ -1,4 +1,5 @@
-"""What the training stages share: the image source, image normalisation, model init, the pair iterator.
+"""What the training stages share: the image source, image normalisation, model init, the pair iterator, and
+the torch-weight loader that knows the model's sizes.
 
 Images travel as uint8 and are normalised inside the jitted step (a quarter of the host->device bytes).
 """
@@ -59,3 +60,20 @@ def pair_iterator(config, triplets):
             start_step=start_step, process_index=process_index, process_count=process_count, triplets=triplets,
             augment=config.data.get("augment", True))
     return make_iterator
+
+
+def torch_loader(config: ml_collections.ConfigDict):
+    """Stage.load_torch for a model built from `config`: (path, layout) -> converted variables.
+
+    The converter gets the model's image size and, for a bare torchvision ResNet, where the model cuts it
+    (config.model.last_layer).
+    """
+    def load(path: str, layout: str) -> dict:
+        from macosnet_jax import weights  # only needed when torch weights are used
+        kwargs = {}
+        if "image_size" in config:
+            kwargs["image_size"] = config.image_size
+        if layout == "torchvision_resnet" and "model" in config and "last_layer" in config.model:
+            kwargs["last_layer"] = config.model.last_layer
+        return weights.load_torch_checkpoint(path, layout, **kwargs)
+    return load

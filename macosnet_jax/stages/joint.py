@@ -8,7 +8,7 @@ import ml_collections
 from macosnet_jax import losses
 from macosnet_jax.models.factory import macosnet_model, perceptual_network
 from macosnet_jax.stage_api import Stage, register_stage
-from macosnet_jax.stages.inputs import normalize, pair_iterator, pair_model_init, fast_init_key
+from macosnet_jax.stages.inputs import fast_init_key, normalize, pair_iterator, pair_model_init, torch_loader
 
 
 def load_perceptual_variables(config: ml_collections.ConfigDict, params, batch_stats) -> dict:
@@ -68,4 +68,4 @@ def joint(config: ml_collections.ConfigDict) -> Stage:
         return load_perceptual_variables(config, params, batch_stats)
 
     return Stage(init_fn=init_fn, loss_fn=loss_fn, make_iterator=pair_iterator(config, triplets), model=model,
-                 name="joint", load_frozen=load_frozen)
+                 name="joint", load_frozen=load_frozen, load_torch=torch_loader(config))

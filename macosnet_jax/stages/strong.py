@@ -12,7 +12,7 @@ from macosnet_jax import losses
 from macosnet_jax.models.factory import matching_model
 from macosnet_jax.models.matching import MatchingModel, normalized_correlation
 from macosnet_jax.stage_api import Stage, register_stage
-from macosnet_jax.stages.inputs import normalize, pair_model_init, image_source
+from macosnet_jax.stages.inputs import image_source, normalize, pair_model_init, torch_loader
 
 
 def _strong_forward(module: MatchingModel, batch: Mapping[str, jax.Array], train: bool):
@@ -65,4 +65,4 @@ def strong_synthetic(config: ml_collections.ConfigDict) -> Stage:
         return _zip_warp_iterators(source, config, start_step, process_index, process_count)
 
     return Stage(init_fn=init_fn, loss_fn=loss_fn, make_iterator=make_iterator, model=model,
-                 name="strong_synthetic")
+                 name="strong_synthetic", load_torch=torch_loader(config))

@@ -10,7 +10,7 @@ from macosnet_jax import losses
 from macosnet_jax.models.factory import matching_model
 from macosnet_jax.models.matching import MatchingModel
 from macosnet_jax.stage_api import Stage, register_stage
-from macosnet_jax.stages.inputs import normalize, pair_iterator, pair_model_init
+from macosnet_jax.stages.inputs import normalize, pair_iterator, pair_model_init, torch_loader
 
 
 def weak_loss(model: MatchingModel, options: losses.LossOptions, params, batch_stats, batch):
@@ -41,4 +41,4 @@ def weak(config: ml_collections.ConfigDict) -> Stage:
         return weak_loss(model, options, params, batch_stats, batch)
 
     return Stage(init_fn=init_fn, loss_fn=loss_fn, make_iterator=pair_iterator(config, triplets=False),
-                 model=model, name="weak")
+                 model=model, name="weak", load_torch=torch_loader(config))
