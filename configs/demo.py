@@ -18,7 +18,7 @@ from macosnet_jax import experiment_config
 
 
 def get_config(arg=None):
-    arg = experiment_config.parse_config_arg(arg, quick=False, seed=0)
+    arg = experiment_config.parse_config_arg(arg, quick=False, seed=0, background="clutter")
     config = ml_collections.ConfigDict()
     config.seed = arg.seed
     config.image_size = 96
@@ -26,7 +26,9 @@ def get_config(arg=None):
                         update_encoder_batch_stats=True, update_head_batch_stats=True)
     # Training images and held-out evaluation images: different seeds, so test instances (textures, poses,
     # backgrounds) are new; the categories (shape families) are shared.
-    config.data = dict(name="synthetic_objects", num_images=720, num_categories=6, seed=arg.seed, augment=False)
+    # background: 'clutter' (each image its own) or 'backdrop' (each category's scene; data/synthetic.py).
+    config.data = dict(name="synthetic_objects", num_images=720, num_categories=6, seed=arg.seed, augment=False,
+                       background=arg.background)
     config.eval = dict(num_images=240, seed=1000 + arg.seed, num_pairs=200, alphas=(0.05, 0.1),
                        num_pictures=4)
 

@@ -62,7 +62,8 @@ def evaluation_pairs(config: ml_collections.ConfigDict) -> list[dict]:
     from macosnet_jax.data import synthetic
     ev = config.eval
     return synthetic.make_synthetic_pairs(int(ev.num_images), config.image_size, int(ev.seed),
-                                          int(config.data.num_categories), int(ev.num_pairs))
+                                          int(config.data.num_categories), int(ev.num_pairs),
+                                          str(config.data.get("background", "clutter")))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -571,3 +571,27 @@ def test_fg_weight_gradient_pseudo_label_adds_mask_label_term():
         np.testing.assert_allclose(g_pl["mask_logits"][image][example], 2.0 * 0.5 * (p - target) / p.size / 2,
                                    rtol=1e-3, atol=1e-9)
     np.testing.assert_allclose(t_pl["mask_label"], expected, rtol=1e-4)
+
+
+def test_true_mask_foreground_weight_equals_mask_weight_with_saturated_logits():
+    """fg_weight='true_mask' (the oracle) weighs the matching score by the given masks: the same value as
+    fg_weight='mask' with predicted masks that are exactly those masks."""
+    rng = np.random.default_rng(0)
+    b, g, size = 2, 4, 16
+    corr = jnp.asarray(rng.uniform(0, 1, (b, g, g, g * g)), jnp.float32)
+    theta_aff = jnp.asarray(np.tile([1.0, 0.05, 0.0, -0.05, 1.0, 0.0], (b, 1)), jnp.float32)
+    theta_tps = jnp.asarray(np.tile(np.concatenate([np.linspace(-1, 1, 3).repeat(3), np.tile(np.linspace(-1, 1, 3), 3)]),
+                                    (b, 1)), jnp.float32)
+    masks = {k: (rng.uniform(0, 1, (b, size, size)) > 0.5).astype(np.float32) for k in "ab"}
+    outputs = {"theta_aff": {"ab": theta_aff, "ba": theta_aff}, "theta_tps": {"ab": theta_tps, "ba": theta_tps},
+               "corr": {"ab": corr, "ba": corr[:, ::-1]},
+               "mask_logits": {k: jnp.asarray(200.0 * (m - 0.5)) for k, m in masks.items()}}
+    oracle, _ = losses.total_loss(outputs, {"matching": 1.0}, fg_weight="true_mask", true_masks=masks)
+    predicted, _ = losses.total_loss(outputs, {"matching": 1.0}, fg_weight="mask")
+    unweighted, _ = losses.total_loss(outputs, {"matching": 1.0}, fg_weight="none")
+    np.testing.assert_allclose(oracle, predicted, rtol=1e-5)
+    assert abs(float(oracle) - float(unweighted)) > 1e-3  # the weights do change the score
+    with pytest.raises(ValueError, match="ground-truth masks"):
+        losses.total_loss(outputs, {"matching": 1.0}, fg_weight="true_mask")
+    with pytest.raises(ValueError, match="fg_weight must be one of"):
+        losses.LossOptions(fg_weight="masks")

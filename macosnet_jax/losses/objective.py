@@ -25,6 +25,7 @@ from macosnet_jax.losses.pseudo_labels import (confident_pseudo_labels, matching
 DEFAULT_WEIGHTS = {"matching": 1.0, "cycle": 1.0, "transitivity": 1.0, "contrastive": 1.0, "task": 1.0}
 
 FG_WEIGHT_GRADIENTS = ("stop", "raw", "centered", "pseudo_label")
+FG_WEIGHTS = ("mask", "maxcorr", "none", "true_mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,8 @@ class LossOptions:
 
     weights: λ per weighted term name (`WEIGHT_NAMES`); a term whose λ is 0 or absent is not computed.
     fg_weight: 'mask' | 'maxcorr' | 'none', the matching score's per-cell foreground weight (SPEC §6.1,
-      `foreground_weight`). fg_weight_gradient: what the matching term tells the masks when fg_weight='mask'
+      `foreground_weight`); 'true_mask' weighs by the batch's ground-truth masks instead of the predicted ones
+      (an oracle for analysis: how much can foreground weights help matching on this data?). fg_weight_gradient: what the matching term tells the masks when fg_weight='mask'
       (SPEC is silent): 'stop' nothing (the matching term only trains θ and the encoder); 'raw' the paper's
       −Σ M_B(q) s(q) differentiated as it stands (every cell has s(q) ≥ 0, so it pushes all masks towards
       foreground); 'centered' cells matched better than their image's average are pushed up, the others down
@@ -76,6 +78,8 @@ class LossOptions:
     pseudo_label_self_weight: float = 0.0
 
     def __post_init__(self):
+        if self.fg_weight not in FG_WEIGHTS:
+            raise ValueError(f"fg_weight must be one of {FG_WEIGHTS}; got {self.fg_weight!r}")
         unknown = sorted(set(self.weights) - set(WEIGHT_NAMES))
         if unknown:
             raise ValueError(f"loss weight {unknown[0]!r} names no term; the weighted terms are {list(WEIGHT_NAMES)}")
@@ -129,11 +133,13 @@ class TermInputs:
 
     images: {'a', 'b'} normalised images (B, H, W, 3) or None; descriptor_fn: (N, H, W, 3) -> (N, c), the frozen
     perceptual network, or None; mask_probs: σ(mask_logits) per image (B, H, W), computed once so that the
-    gradients of all terms reach the logits through one sigmoid.
+    gradients of all terms reach the logits through one sigmoid; true_masks: the batch's ground-truth masks
+    {'a', 'b'} (B, H, W) or None (only fg_weight='true_mask' reads them).
     """
     images: Optional[Mapping[str, jax.Array]]
     descriptor_fn: Optional[Callable[[jax.Array], jax.Array]]
     mask_probs: Mapping[str, jax.Array]
+    true_masks: Optional[Mapping[str, jax.Array]] = None
 
 
 def _consistency_tps(outputs: Mapping, options: LossOptions) -> Callable[[str], Optional[jax.Array]]:
@@ -147,6 +153,11 @@ def matching_term(outputs, options: LossOptions, inputs: TermInputs) -> jax.Arra
     theta_aff, theta_tps, probs = outputs["theta_aff"], outputs["theta_tps"], inputs.mask_probs
     score_kwargs = options.score_kwargs()
     fg_weight, gradient = options.fg_weight, options.fg_weight_gradient
+    if fg_weight == "true_mask":
+        if inputs.true_masks is None:
+            raise ValueError("fg_weight='true_mask' needs the batch's ground-truth masks (true_masks {'a', 'b'})")
+        probs = {k: jnp.asarray(v, jnp.float32) for k, v in inputs.true_masks.items()}
+        fg_weight = "mask"
 
     def pooled_weight(corr, mask):
         w = foreground_weight(fg_weight, corr, mask)
@@ -266,13 +277,15 @@ WEIGHT_NAMES = tuple(dict.fromkeys(term.weight for term in TERMS.values()))
 def total_loss(outputs: Mapping, weights: Optional[Mapping[str, float]] = None, *,
                images: Optional[Mapping[str, jax.Array]] = None,
                descriptor_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
-               options: Optional[LossOptions] = None, **overrides) -> tuple[jax.Array, dict]:
+               options: Optional[LossOptions] = None, true_masks: Optional[Mapping[str, jax.Array]] = None,
+               **overrides) -> tuple[jax.Array, dict]:
     """L = Σ_terms λ_term · L_term over the terms of `TERMS` whose λ is non-zero (SPEC §6.6).
 
     outputs: batched model outputs (see the terms above). weights: λ per weighted term name, replacing the
       options' (a name left out is 0: that term is not computed); None: the options' weights.
     images: {'a', 'b'} normalised images (B, H, W, 3) and descriptor_fn: (N, H, W, 3) -> (N, c), the frozen
       perceptual network (the caller stops gradients to its weights); both needed for the contrastive term.
+    true_masks: the batch's ground-truth masks {'a', 'b'} (B, H, W), read by fg_weight='true_mask' only.
     options: a `LossOptions` (None: the defaults, the paper's objective); overrides: fields of `LossOptions`
       replacing the options' (e.g. fg_weight='none').
     Returns (loss, {term: unweighted batch mean}); terms are the weighted names, plus 'mask_label' when on.
@@ -282,7 +295,8 @@ def total_loss(outputs: Mapping, weights: Optional[Mapping[str, float]] = None, 
         overrides["weights"] = weights
     if overrides:
         options = dataclasses.replace(options, **overrides)
-    inputs = TermInputs(images, descriptor_fn, {k: jax.nn.sigmoid(v) for k, v in outputs["mask_logits"].items()})
+    inputs = TermInputs(images, descriptor_fn, {k: jax.nn.sigmoid(v) for k, v in outputs["mask_logits"].items()},
+                        true_masks)
     terms = {name: term.compute(outputs, options, inputs) for name, term in TERMS.items()
              if options.weight(term.weight) != 0.0 and term.applies(options)}
     loss = sum(options.weight(TERMS[name].weight) * value for name, value in terms.items())

@@ -15,15 +15,16 @@ from macosnet_jax import geometry
 
 
 @functools.lru_cache(maxsize=4)
-def _synthetic_objects(num_images: int, size: int, seed: int, num_categories: int) -> dict:
+def _synthetic_objects(num_images: int, size: int, seed: int, num_categories: int, background: str) -> dict:
     from macosnet_jax.data import synthetic
-    return synthetic.make_synthetic_objects(num_images, size, seed, num_categories)
+    return synthetic.make_synthetic_objects(num_images, size, seed, num_categories, background)
 
 
 def image_source(data: ml_collections.ConfigDict, image_size: int) -> dict:
     """The training image set named by config.data, in memory (dict of numpy arrays)."""
     if data.name == "synthetic_objects":
-        return _synthetic_objects(int(data.num_images), int(image_size), int(data.seed), int(data.num_categories))
+        return _synthetic_objects(int(data.num_images), int(image_size), int(data.seed), int(data.num_categories),
+                                  str(data.get("background", "clutter")))
     if data.name == "image_folder":
         from macosnet_jax.data import warps
         return {"image": warps.load_image_folder(data.path, image_size)}

@@ -40,7 +40,9 @@ def joint_loss(model, perceptual, options: losses.LossOptions, params, batch_sta
     def descriptor_fn(x):
         return global_pool_features(perceptual.apply(frozen, x, train=False)["features"])
 
-    loss, terms = losses.total_loss(outputs, images=images, descriptor_fn=descriptor_fn, options=options)
+    true_masks = {k: batch["mask_" + k] for k in "ab" if "mask_" + k in batch} or None
+    loss, terms = losses.total_loss(outputs, images=images, descriptor_fn=descriptor_fn, options=options,
+                                    true_masks=true_masks)
     return loss, (mutated["batch_stats"], terms)
 
 
