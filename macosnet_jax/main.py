@@ -16,6 +16,7 @@ shows the traceback instead.
 from __future__ import annotations
 
 import inspect
+import logging as py_logging
 import os
 import shutil
 import sys
@@ -210,7 +211,22 @@ def _user_errors() -> tuple:
             app.UsageError)
 
 
+class _DropProbeNoise(py_logging.Filter):
+    """Drops log lines that say nothing to a user: JAX probing for absent backends (TPU, GPU plugins) and tfds
+    noting, while it looks for a dataset, a folder without dataset_info.json (the error that follows says it)."""
+
+    _NOISE = ("Unable to initialize backend", "has no dataset_info.json")
+
+    def filter(self, record):
+        return not any(text in record.getMessage() for text in self._NOISE)
+
+
 def main(argv):
+    logging.get_absl_handler().addFilter(_DropProbeNoise())
+    # TensorFlow (tf.data only) prints a oneDNN notice at import whatever its log level; its input ops do not use
+    # oneDNN, so the custom ops are switched off rather than the notice filtered. Both stay overridable.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if FLAGS.config is None or FLAGS.workdir is None:

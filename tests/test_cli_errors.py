@@ -58,6 +58,7 @@ def test_macosnet_dataset_not_built_names_builder_data_dir_and_command(tmp_path)
     lines = _error_lines(result, "macosnet")
     assert len(lines) == 1 and "'pf_pascal' is not prepared in " + str(data_dir) in lines[0]
     assert "python -m macosnet_datasets.build pf_pascal" in lines[0] and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == lines  # nothing else: no backend probes, TensorFlow notices
     assert not workdir.exists()  # no config.json, metrics.jsonl, tb/ or checkpoints/ left behind
 
 
@@ -68,6 +69,7 @@ def test_macosnet_bad_workdir_and_verbose_traceback(tmp_path):
     result = _run("macosnet_jax.main", *args)
     lines = _error_lines(result, "macosnet")
     assert result.returncode == 2 and len(lines) == 1 and "is not a writable directory" in lines[0]
+    assert result.stderr.strip().splitlines() == lines
     verbose = _run("macosnet_jax.main", *args, env={errors.VERBOSE_ENV: "1"})
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr and "is not a writable directory" in verbose.stderr
 
