@@ -6,6 +6,7 @@
   jitted jax function: `synthetic_warp_batch(key, images, kind, size)`, `make_warp_iterator(...)`.
 - `pipeline`: tf.data pairs/triplets with crop + pair-flip augmentation, per-process slices, resumable by step:
   `make_pair_iterator(...)`. Imported lazily (it imports TensorFlow).
+- `batches`: the batch kinds they yield and the stages read (PairBatch, TripletBatch, WarpPairBatch, StrongBatch).
 """
 from macosnet_jax.data.synthetic import make_synthetic_objects, render_synthetic_objects  # noqa: F401
 from macosnet_jax.data.warps import make_warp_iterator, synthetic_warp_batch  # noqa: F401

@@ -25,6 +25,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import numpy as np
 
@@ -32,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from macosnet_jax import geometry  # noqa: E402
+from macosnet_jax.data.batches import PairBatch  # noqa: E402
 
 _INT_MAX = np.iinfo(np.int64).max
 
@@ -324,7 +326,7 @@ def _category_groups(categories):
 
 
 def make_pair_iterator(source, *, batch_size, image_size, seed, start_step=0, process_index=0, process_count=1,
-                       triplets=False, augment=True, num_threads=None, prefetch=2):
+                       triplets=False, augment=True, num_threads=None, prefetch=2) -> Iterator[PairBatch]:
     """An endless iterator of per-process batches of pairs (or triplets), resumable by step.
 
     source: an image set (dict with 'image' (N, H, W, 3) uint8 and 'category' (N,), optional 'mask', 'keypoints'
@@ -335,6 +337,7 @@ def make_pair_iterator(source, *, batch_size, image_size, seed, start_step=0, pr
     category in the slice. Pair sets: A, B run over the slice's pairs (each mirrored if its 'flip' is 1); C is the
     image B of another pair of the same category. augment: random crop (50-100% per side) per image + pair flip.
     Batch k is a pure function of (seed, start_step + k, process_index, process_count, the source).
+    Yields `batches.PairBatch`es (`batches.TripletBatch`es with triplets).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")

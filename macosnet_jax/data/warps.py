@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import numpy as np
 
 from macosnet_jax import geometry
 from macosnet_jax.data import synthetic
+from macosnet_jax.data.batches import WarpPairBatch
 
 # SPEC §6.7 (newer CNNGeo draw).
 AFFINE_RANGES = dict(rotation=np.pi / 12, shear=np.pi / 6, scale=(0.75, 1.25), translation=0.25)
@@ -115,11 +117,12 @@ def warp_example(image, theta, size, mask=None, keypoints=None, visible=None):
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "size"))
-def synthetic_warp_batch(key, images, kind="affine", size=None, masks=None, keypoints=None, visible=None):
+def synthetic_warp_batch(key, images, kind="affine", size=None, masks=None, keypoints=None,
+                         visible=None) -> WarpPairBatch:
     """A batch of strong pairs from source images (B, H, W, 3) (uint8 or float 0..255), one θ per image.
 
     kind: 'affine' (θ (B, 6)) or 'tps' (θ (B, 18)), drawn with SPEC §6.7's ranges from `key` (fold the step and
-    process into it for a reproducible stream). size: output side (default H). Returns a dict: 'image_a',
+    process into it for a reproducible stream). size: output side (default H). Returns a `WarpPairBatch`: 'image_a',
     'image_b' uint8 (B, S, S, 3), 'theta' float32, plus masks uint8 0/1 and keypoints (-1 where not visible) if
     given. θ maps B to A: image_b(q) = image_a(T_θ(q)) (up to the reflection outside A).
     """
@@ -184,8 +187,8 @@ def _as_image_set(source, image_size):
 
 
 def make_warp_iterator(source, *, batch_size, image_size, seed, kind="affine", start_step=0, process_index=0,
-                       process_count=1):
-    """An endless iterator of strong-pair batches (numpy dicts) from an image source, resumable by step.
+                       process_count=1) -> Iterator[WarpPairBatch]:
+    """An endless iterator of strong-pair batches (`batches.WarpPairBatch`) from an image source, resumable by step.
 
     source: images uint8 (N, H, W, 3), a dict with 'image' (+ optional 'mask', 'keypoints', 'visible'), a folder
     path, or a tf.data/tfds dataset of examples with 'image'. This process uses the contiguous slice

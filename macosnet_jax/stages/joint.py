@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from macosnet_jax import losses
+from macosnet_jax.data.batches import PairBatch, TripletBatch
 from macosnet_jax.models.factory import macosnet_model, perceptual_network
 from macosnet_jax.stage_api import Stage, register_stage
 from macosnet_jax.stages.inputs import fast_init_key, normalize, pair_iterator, pair_model_init, torch_loader
@@ -24,7 +25,8 @@ def load_perceptual_variables(config: ml_collections.ConfigDict, params, batch_s
     return {"params": params["matching"]["encoder"], "batch_stats": batch_stats["matching"]["encoder"]}
 
 
-def joint_loss(model, perceptual, options: losses.LossOptions, params, batch_stats, frozen, batch):
+def joint_loss(model, perceptual, options: losses.LossOptions, params, batch_stats, frozen,
+               batch: PairBatch | TripletBatch):
     """The full objective on a batch of triplets (or pairs when the transitivity weight is 0)."""
     images = {k: normalize(batch["image_" + k]) for k in "abc" if "image_" + k in batch}
     variables = {"params": params, "batch_stats": batch_stats}

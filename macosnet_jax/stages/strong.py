@@ -1,7 +1,7 @@
 """Strong stage (CNNGeo, SPEC §7.1): synthetic warps with known θ, grid loss; affine and TPS heads trained together."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterator
 
 import flax.linen as nn
 import jax
@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from macosnet_jax import losses
+from macosnet_jax.data.batches import StrongBatch
 from macosnet_jax.models.factory import matching_model
 from macosnet_jax.models.matching import MatchingModel, normalized_correlation
 from macosnet_jax.stage_api import Stage, register_stage
 from macosnet_jax.stages.inputs import image_source, normalize, pair_model_init, torch_loader
 
 
-def _strong_forward(module: MatchingModel, batch: Mapping[str, jax.Array], train: bool):
+def _strong_forward(module: MatchingModel, batch: StrongBatch, train: bool):
     """θ_aff for the affine pairs and θ_tps for the TPS pairs, with ONE encoder call on all four image sets."""
     names = ("affine_image_a", "affine_image_b", "tps_image_a", "tps_image_b")
     images = jnp.concatenate([normalize(batch[n]) for n in names], axis=0)
@@ -25,7 +26,7 @@ def _strong_forward(module: MatchingModel, batch: Mapping[str, jax.Array], train
     return theta_aff, theta_tps
 
 
-def strong_loss(module: MatchingModel, params, batch_stats, batch, train: bool = True):
+def strong_loss(module: MatchingModel, params, batch_stats, batch: StrongBatch, train: bool = True):
     """Grid loss of the affine head on affine pairs plus the TPS head on TPS pairs (SPEC §6.7)."""
     (theta_aff, theta_tps), mutated = nn.apply(_strong_forward, module, mutable=["batch_stats"])(
         {"params": params, "batch_stats": batch_stats}, batch, train)
@@ -34,7 +35,7 @@ def strong_loss(module: MatchingModel, params, batch_stats, batch, train: bool =
     return loss_aff + loss_tps, (mutated["batch_stats"], {"grid_affine": loss_aff, "grid_tps": loss_tps})
 
 
-def _zip_warp_iterators(source, config, start_step, process_index, process_count):
+def _zip_warp_iterators(source, config, start_step, process_index, process_count) -> Iterator[StrongBatch]:
     from macosnet_jax.data import warps
     per_process = config.batch_size // process_count
     common = dict(batch_size=per_process, image_size=config.image_size, start_step=start_step,

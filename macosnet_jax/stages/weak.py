@@ -7,13 +7,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from macosnet_jax import losses
+from macosnet_jax.data.batches import PairBatch
 from macosnet_jax.models.factory import matching_model
 from macosnet_jax.models.matching import MatchingModel
 from macosnet_jax.stage_api import Stage, register_stage
 from macosnet_jax.stages.inputs import normalize, pair_iterator, pair_model_init, torch_loader
 
 
-def weak_loss(model: MatchingModel, options: losses.LossOptions, params, batch_stats, batch):
+def weak_loss(model: MatchingModel, options: losses.LossOptions, params, batch_stats, batch: PairBatch):
     """weakalign's loss: the mean over pairs of -(affine inlier score + composed inlier score), fg weight 'none'.
 
     options: the inlier score's options (`LossOptions.score_kwargs`); the weights and fg options are not read.
