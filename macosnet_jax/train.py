@@ -1,4 +1,5 @@
-"""Training machinery: TrainState, optimizer groups, the data-parallel step, and the training loop.
+"""Training machinery: TrainState, the data-parallel step, initial weights and the training loop (optimizer,
+metric logging and work-dir handling in training/; the stage API in stage_api.py).
 
 A training *stage* (strong / weak / joint, SPEC §7) plugs in as a `Stage`: an init function, a loss function
 `loss_fn(params, batch_stats, frozen, batch, rng) -> (loss, (new_batch_stats, metrics))`, a batch iterator
@@ -19,12 +20,7 @@ Resumption is exact: the data order is a pure function of (seed, step, process),
 from __future__ import annotations
 
 import json
-import logging as py_logging
-import math
-import os
-import re
 import time
-import uuid
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -34,16 +30,20 @@ import numpy as np
 import optax
 from absl import logging
 from etils import epath
-from flax import traverse_util
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from macosnet_jax import checkpoint as ckpt_lib
-from macosnet_jax import errors
 from macosnet_jax.preemption import SigtermFlag
 # The config helpers and the stage API live below the trainer; re-exported here as part of its public surface.
 from macosnet_jax.experiment_config import base_config, epochs_to_steps, parse_config_arg  # noqa: F401
 from macosnet_jax.stage_api import LossFn, Stage, build_stage, register_stage  # noqa: F401
+# Optimizer, metric logging and work-dir handling live in training/; re-exported as the trainer's public surface.
+from macosnet_jax.training.metric_log import (MetricLogger, format_eta, lines_up_to_step,  # noqa: F401
+                                             quiet_checkpoint_logging)
+from macosnet_jax.training.optimizer import learning_rate_schedule, make_optimizer, param_labels  # noqa: F401
+from macosnet_jax.training.workdir import (ValidationRecord, best_checkpoint_dir, check_workdir,  # noqa: F401
+                                          preemption_requested, restore_or_refuse)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -55,85 +55,6 @@ class TrainState(train_state.TrainState):
     """TrainState with BatchNorm statistics and frozen (checkpointed, never optimized) variables."""
     batch_stats: Any = None
     frozen: Any = None
-
-
-def param_labels(params: Any, rules: Sequence[Sequence[str]], default: str = "default") -> Any:
-    """Labels every parameter with the group of the first rule whose regex matches its path ('a/b/kernel').
-
-    rules: [(regex, label), ...], searched with `re.search`. Unmatched parameters get `default`.
-    """
-    compiled = [(re.compile(rx), label) for rx, label in rules]
-
-    def label(path, _):
-        key = "/".join(str(p) for p in path)
-        return next((lab for rx, lab in compiled if rx.search(key)), default)
-
-    flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({k: label(k, v) for k, v in flat.items()})
-
-
-def learning_rate_schedule(base_lr: float, boundaries: Sequence[int] = (),
-                           multipliers: Sequence[float] = ()) -> optax.Schedule:
-    """Piecewise constant: base_lr * [1, *multipliers][number of boundaries <= step].
-
-    E.g. CNNGeo's Adam 1e-3 then 2e-4: base_lr=1e-3, boundaries=[steps of 50 epochs], multipliers=[0.2].
-    """
-    if len(boundaries) != len(multipliers):
-        raise ValueError(f"optimizer.lr_boundaries ({list(boundaries)}) and optimizer.lr_multipliers "
-                         f"({list(multipliers)}) must have the same length")
-    values = jnp.asarray([1.0, *multipliers], jnp.float32) * base_lr
-    bounds = jnp.asarray(list(boundaries), jnp.int32)
-    return lambda step: values[jnp.searchsorted(bounds, step, side="right")]
-
-
-def _base_optimizer(name: str, learning_rate: optax.Schedule, opt: ml_collections.ConfigDict):
-    if name == "adam":
-        return optax.adam(learning_rate, b1=opt.get("b1", 0.9), b2=opt.get("b2", 0.999), eps=opt.get("eps", 1e-8))
-    if name == "adamw":
-        return optax.adamw(learning_rate, weight_decay=opt.get("weight_decay", 1e-4))
-    if name == "sgd":
-        return optax.sgd(learning_rate, momentum=opt.get("momentum", 0.9) or None)
-    raise ValueError(f"config.optimizer.name='{name}' is unknown; expected adam, adamw or sgd")
-
-
-def make_optimizer(opt: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Optimizer from `config.optimizer`.
-
-    Fields: name (adam|adamw|sgd), learning_rate, lr_boundaries, lr_multipliers (shared schedule shape),
-    param_groups [(regex, label)] (first match wins, unmatched -> 'default'), group_lr {label: learning rate},
-    frozen_groups [label, ...] (updates set to zero, no optimizer state), grad_clip_norm (0 = off).
-    """
-    groups = dict(opt.get("group_lr", None) or {})
-    frozen = set(opt.get("frozen_groups", ()) or ())
-    rules = [tuple(r) for r in (opt.get("param_groups", ()) or ())]
-    known = {lab for _, lab in rules} | {"default"}
-    for label in set(groups) | frozen:
-        if label not in known:
-            raise ValueError(f"config.optimizer: group '{label}' has no rule in param_groups {rules}")
-    boundaries, multipliers = opt.get("lr_boundaries", ()), opt.get("lr_multipliers", ())
-
-    def group_tx(label):
-        if label in frozen:
-            return optax.set_to_zero()
-        lr = groups.get(label, opt.learning_rate)
-        return _base_optimizer(opt.name, learning_rate_schedule(lr, boundaries, multipliers), opt)
-
-    def labels_checked(params):
-        # A group with its own learning rate or frozen, whose rule matches nothing (a renamed module, a typo in
-        # the regex), would silently train at the default rate: say so at optimizer init instead.
-        tree = param_labels(params, rules)
-        used = set(jax.tree_util.tree_leaves(tree))
-        unused = sorted((set(groups) | frozen) - used)
-        if unused:
-            raise ValueError(f"config.optimizer: group(s) {unused} match no parameter (rules {rules}; parameter "
-                             f"paths look like {next(iter(traverse_util.flatten_dict(params)), ())})")
-        return tree
-
-    labels = sorted(known)
-    tx = optax.multi_transform({lab: group_tx(lab) for lab in labels}, labels_checked)
-    if opt.get("grad_clip_norm", 0.0):
-        tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
-    return tx
 
 
 def create_train_state(stage: Stage, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
@@ -199,87 +120,6 @@ def make_train_step(stage: Stage, mesh: Mesh, seed: int) -> Callable[[TrainState
 # ------------------------------------------------------------------------------------------------------------
 
 
-class _DropChattyInfo(py_logging.Filter):
-    """Orbax logs every file it writes at INFO; keep its warnings and errors, drop the rest."""
-
-    def filter(self, record):
-        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-
-def quiet_checkpoint_logging() -> None:
-    """Installs the filter on the root and absl log handlers (call once, after absl parsed its flags)."""
-    for handler in py_logging.getLogger().handlers + py_logging.getLogger("absl").handlers:
-        handler.addFilter(_DropChattyInfo())
-
-
-class MetricLogger:
-    """Writes scalar metrics to `<workdir>/metrics.jsonl` and TensorBoard (`<workdir>/tb`), process 0 only.
-
-    Work dirs may be URLs (gs://...): object stores cannot append, so there the JSONL file is rewritten whole at
-    each write (it stays small: one line per logged step).
-    """
-
-    def __init__(self, workdir: str, enabled: bool, tensorboard: bool = True, start_step: int | None = None):
-        self.enabled = enabled
-        self._path = epath.Path(workdir) / "metrics.jsonl"
-        self._remote = "://" in str(workdir)
-        self._lines: list[str] = []
-        if enabled and self._path.exists():
-            self._lines = self._path.read_text().splitlines(keepends=True)
-            if start_step is not None:  # a resumed run logs the steps after its checkpoint again: drop them
-                kept = lines_up_to_step(self._lines, start_step)
-                if len(kept) != len(self._lines):
-                    self._lines = kept
-                    self._path.write_text("".join(kept))
-        self._jsonl = open(self._path, "a") if enabled and not self._remote else None
-        self._tb = None
-        if enabled and tensorboard:
-            try:
-                from clu import metric_writers
-                self._tb = metric_writers.SummaryWriter(str(epath.Path(workdir) / "tb"))
-            except ImportError:  # tensorboard is a declared dependency; stay usable without it.
-                logging.warning("clu/tensorboard not importable: metrics go to metrics.jsonl only")
-
-    def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        if not self.enabled:
-            return
-        line = json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n"
-        if self._remote:
-            self._lines.append(line)
-            self._path.write_text("".join(self._lines))
-        else:
-            self._jsonl.write(line)
-            self._jsonl.flush()
-        if self._tb is not None:
-            self._tb.write_scalars(int(step), dict(scalars))
-
-    def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
-
-
-def lines_up_to_step(lines: Sequence[str], step: int) -> list[str]:
-    """The metrics.jsonl lines whose "step" is <= `step` (a torn last line, from a kill mid-write, is dropped)."""
-    kept = []
-    for line in lines:
-        try:
-            if int(json.loads(line)["step"]) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    return kept
-
-
-def _format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
-
-
 # ------------------------------------------------------------------------------------------------------------
 # The loop
 # ------------------------------------------------------------------------------------------------------------
@@ -287,36 +127,6 @@ def _format_eta(seconds: float) -> str:
 
 class NonFiniteLossError(RuntimeError):
     """The loss or the gradients became NaN/Inf; training stopped, the last good checkpoint is kept."""
-
-
-def check_workdir(workdir: str) -> str:
-    """Creates the work dir (local path or gs://...) and checks it is writable; a clear error otherwise."""
-    workdir = ckpt_lib.absolute(workdir)
-    try:
-        path = epath.Path(workdir)
-        path.mkdir(parents=True, exist_ok=True)
-        # Unique per call: jobs that share a work dir (parallel ablation runs resuming one finished stage) must not
-        # delete each other's probe.
-        probe = path / f".write_probe_{jax.process_index()}_{os.getpid()}_{uuid.uuid4().hex}"
-        probe.write_text("ok")
-        probe.unlink()
-    except Exception as e:  # noqa: BLE001 - OSError locally, various errors from object stores
-        raise errors.UserError(f"--workdir {workdir} is not a writable directory: {type(e).__name__}: {e}") from e
-    return workdir
-
-
-def _preemption_requested(flag: SigtermFlag, step: int) -> bool:
-    """Single process: our SIGTERM flag. Several: JAX's preemption sync point (every process sees the same step)."""
-    if jax.process_count() == 1:
-        return flag.received
-    from jax.experimental import multihost_utils
-    try:
-        return multihost_utils.reached_preemption_sync_point(step)
-    except RuntimeError as e:  # preemption service disabled (jax_enable_preemption_service=False)
-        if not getattr(flag, "warned", False):
-            logging.warning("No preemption checkpoints: %s", e)
-            flag.warned = True
-        return False
 
 
 def merge_initial_weights(state: TrainState, variables: Mapping, prefix: str, source: str,
@@ -375,81 +185,6 @@ def initial_state(config: ml_collections.ConfigDict, stage: Stage, tx, mesh: Mes
     return state
 
 
-class ValidationRecord:
-    """Validation scores of a run, its best step and whether it stopped early: `<workdir>/validation.json`.
-
-    Early stopping (SPEC §7.3, the released joint script): training ends once a score falls more than
-    `drop` below the best so far. The record survives restarts, so a resumed run keeps its best and a run that
-    already stopped early is not trained further.
-    """
-
-    def __init__(self, workdir: str, drop: float):
-        self.path = epath.Path(workdir) / "validation.json"
-        self.drop = float(drop)
-        self.history: list[tuple[int, float]] = []
-        self.best_step: int | None = None
-        self.best_score = -math.inf
-        self.stopped_at: int | None = None
-        if self.path.exists():
-            try:
-                saved = json.loads(self.path.read_text())
-                self.history = [(int(s), float(v)) for s, v in saved["history"]]
-                self.best_step = saved["best_step"]
-                if self.best_step is not None:  # no finite score yet: best_score stays -inf
-                    self.best_score = float(saved["best_score"])
-                self.stopped_at = saved.get("stopped_at")
-            except (ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{self.path}: unreadable validation record ({type(e).__name__}: {e}); move it "
-                                 "aside to restart the best-model tracking") from e
-
-    def add(self, step: int, score: float) -> tuple[bool, bool]:
-        """Records a score; returns (is_new_best, stop_now). A NaN score is recorded but never best."""
-        self.history.append((int(step), float(score)))
-        is_best = math.isfinite(score) and score > self.best_score
-        if is_best:
-            self.best_step, self.best_score = int(step), float(score)
-        stop = self.drop > 0 and self.best_step is not None and not score >= self.best_score - self.drop
-        if stop:
-            self.stopped_at = int(step)
-        return is_best, stop
-
-    def write(self) -> None:
-        self.path.write_text(json.dumps({"history": self.history, "best_step": self.best_step,
-                                         "best_score": self.best_score if self.best_step is not None else None,
-                                         "stopped_at": self.stopped_at, "early_stop_drop": self.drop}, indent=1))
-
-
-def best_checkpoint_dir(workdir: str) -> str:
-    """Where the best-validation state of a run is kept (a checkpoints folder; `load_variables` reads it)."""
-    return os.path.join(ckpt_lib.absolute(workdir), "best")
-
-
-def _restore_or_refuse(checkpointer: ckpt_lib.Checkpointer, abstract: TrainState, start_over: bool):
-    """`restore_latest`, except that a work dir whose checkpoints were all unreadable (now, or on an earlier
-    start: they are in checkpoints.corrupt/) is not silently trained again from step 0 unless `start_over`."""
-    try:
-        restored = checkpointer.restore_latest(abstract)
-    except ckpt_lib.UnreadableCheckpointsError as e:
-        error = e
-        restored = None
-    else:
-        error = None
-        if restored is None and checkpointer.quarantined():
-            error = ckpt_lib.UnreadableCheckpointsError(
-                checkpointer.directory,
-                sorted({int(n.split("-")[0]) for n in checkpointer.quarantined()}, reverse=True),
-                ["moved there on an earlier start"])
-    if error is None:
-        return restored
-    if not start_over:
-        checkpointer.close()
-        raise ckpt_lib.UnreadableCheckpointsError(
-            error.directory, error.tried, error.errors,
-            hint=". Nothing was trained; to train again from step 0 in this work dir, pass --start_over") from None
-    logging.warning("%s; starting over from step 0 as asked (--start_over).", error)
-    return None
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage: Stage | None = None,
                        mesh: Mesh | None = None,
                        validate: Callable[[TrainState], float] | None = None,
@@ -484,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
     abstract = ckpt_lib.with_sharding(abstract, rep)
     checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir),
                                          max_to_keep=config.get("keep_checkpoints", 3))
-    restored = _restore_or_refuse(checkpointer, abstract, start_over)
+    restored = restore_or_refuse(checkpointer, abstract, start_over)
     if restored is not None:
         state, _, meta = restored
         position = meta["data_position"]
@@ -545,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
         logger.write(step, means)
         if is_main:
             logging.info("step %d/%d  loss %.5g  %.2f steps/s  ETA %s", step, total, means["loss"], rate,
-                         _format_eta((total - step) / rate if rate > 0 else float("inf")))
+                         format_eta((total - step) / rate if rate > 0 else float("inf")))
 
     def save(step):
         nonlocal last_saved
@@ -568,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, stage
                 state, metrics = step_fn(state, global_batch(batch, mesh))
                 step += 1
                 pending.append((step, metrics))
-                preempt = _preemption_requested(sigterm, step)
+                preempt = preemption_requested(sigterm, step)
                 if step % log_every == 0 or step == total or preempt or step % ckpt_every == 0:
                     flush(step)
                 if step % ckpt_every == 0 or step == total or preempt:
