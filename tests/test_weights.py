@@ -161,9 +161,12 @@ def test_linear_flatten_permutation_against_numpy():
     c, h, w, d = 4, 3, 3, 5
     x_chw = rng.normal(size=(c, h, w)).astype(np.float32)
     weight = rng.normal(size=(d, c * h * w)).astype(np.float32)
-    torch_out = weight @ x_chw.reshape(-1)  # torch: flatten (C, H, W)
+    # Both products in float64: the kernel is a permutation of the weights (exact), so the comparison checks the
+    # flatten order only. In float32 the two 36-term dot products round in BLAS's CPU-dependent summation order,
+    # with a worst-case relative error (36·2⁻²⁴·Σ|w·x|/|out|, up to 1.8e-5 here) above rtol.
+    torch_out = weight.astype(np.float64) @ x_chw.reshape(-1).astype(np.float64)  # torch: flatten (C, H, W)
     kernel = weights.convert._torch_flatten_linear_to_flax(weight, c)
-    flax_out = np.transpose(x_chw, (1, 2, 0)).reshape(-1) @ kernel  # ours: flatten (H, W, C)
+    flax_out = np.transpose(x_chw, (1, 2, 0)).reshape(-1).astype(np.float64) @ np.asarray(kernel, np.float64)
     np.testing.assert_allclose(flax_out, torch_out, rtol=1e-5)
 
 
