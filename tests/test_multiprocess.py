@@ -70,6 +70,21 @@ def _finish(procs, timeout):
     return outs
 
 
+def _kill_and_wait_for_the_other(procs, killed):
+    """SIGKILLs procs[killed] (two processes); returns the survivor's stderr and how long it took to exit. Every
+    process is gone afterwards, whatever happened."""
+    try:
+        procs[killed].send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        _, err = _finish(procs[1 - killed:2 - killed], timeout=60)[0]
+        return err, time.time() - killed_at
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+
+
 def test_two_processes_two_devices_each_equal_one_process_four_devices(tmp_path):
     procs = _launch(tmp_path / "mp", "steps=4,ckpt_every=4")
     outs = _finish(procs, timeout=240)
@@ -103,16 +118,9 @@ def test_peer_death_makes_the_survivor_exit_nonzero_quickly(tmp_path):
         # The coordinator listens on the address it was given (127.0.0.1), not on every interface.
         hosts = _listening_hosts(port)
         assert hosts and all(h in LOOPBACK for h in hosts), hosts
-        procs[1].send_signal(signal.SIGKILL)
-        killed_at = time.time()
-        _, err = _finish(procs[:1], timeout=60)[0]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=30)
-    assert time.time() - killed_at < 60
-    assert procs[0].returncode not in (0, None)
+        err, seconds = _kill_and_wait_for_the_other(procs, killed=1)
+    assert seconds < 60 and procs[0].returncode not in (0, None)
     assert "process 0 of 2 failed" in err, err[-3000:]
 
 
@@ -126,16 +134,9 @@ def test_coordinator_death_at_startup_makes_the_peer_exit_nonzero_quickly(tmp_pa
         for line in procs[0].stderr:  # process 0 is building its model: the run has not started training
             if "toy: building the stage" in line or time.time() > deadline:
                 break
-        procs[0].send_signal(signal.SIGKILL)
-        killed_at = time.time()
-        _, err = _finish(procs[1:], timeout=60)[0]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=30)
-    assert time.time() - killed_at < 60
-    assert procs[1].returncode not in (0, None)
+        err, seconds = _kill_and_wait_for_the_other(procs, killed=0)
+    assert seconds < 60 and procs[1].returncode not in (0, None)
     assert "JAX distributed service detected fatal errors" in err, err[-3000:]
 
 
