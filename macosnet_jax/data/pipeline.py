@@ -17,223 +17,26 @@ Why it is built this way:
 - Augmentation (SPEC §7): a random crop keeping 50-100% of each side of each image, then a pair flip (A, B and C
   mirrored together). Crop and resize are one corner-aligned bilinear resampling (tf.image.crop_and_resize
   samples box corners at pixel centres, as align_corners=True), so keypoints map exactly.
-- TensorFlow stays off GPUs and its threads are bounded: on small machines any input thread competes with XLA.
-- Sources are held in memory at the output size (tfds examples are decoded and resized once when loaded): the
-  datasets used for weak training (PF-PASCAL train, Internet, TSS, synthetic) are small enough, and random access
-  for within-category partners is then a gather.
+- TensorFlow stays off GPUs and its threads are bounded (`tf_setup`): on small machines any input thread competes
+  with XLA.
+- Sources are held in memory at the output size (`sources.as_in_memory`), so within-category partners are a gather.
 """
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tensorflow as tf  # noqa: E402
+from macosnet_jax.data import sources, tf_setup
+from macosnet_jax.data.batches import PairBatch
+# Their home is sources / tf_setup; importable from here as well.
+from macosnet_jax.data.sources import (  # noqa: F401
+    as_in_memory, decode_and_resize, materialize_images, materialize_pairs, process_slice, resize_image)
+from macosnet_jax.data.tf_setup import configure_tensorflow, default_num_threads  # noqa: F401
 
-from macosnet_jax import geometry  # noqa: E402
-from macosnet_jax.data.batches import PairBatch  # noqa: E402
+tf = tf_setup.tensorflow()
 
 _INT_MAX = np.iinfo(np.int64).max
-
-
-def configure_tensorflow(num_threads: int = 1):
-    """Hides GPUs from TensorFlow and bounds its op thread pools (must run before TF executes anything)."""
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF already initialised its devices: too late, and harmless on CPU-only TF
-        pass
-    for setter in (tf.config.threading.set_intra_op_parallelism_threads,
-                   tf.config.threading.set_inter_op_parallelism_threads):
-        try:
-            setter(num_threads)
-        except RuntimeError:
-            pass
-
-
-configure_tensorflow()
-
-
-def default_num_threads() -> int:
-    """Input threads: half the cores, at least 1, at most 8 (XLA keeps the rest)."""
-    return max(1, min(8, (os.cpu_count() or 2) // 2))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loading sources into memory.
-
-
-def decode_and_resize(data, size, name="image"):
-    """Encoded image bytes (PNG/JPEG/BMP/GIF) or an array (H, W, C) -> uint8 (size, size, 3), corner-aligned resize."""
-    try:
-        image = tf.io.decode_image(data, channels=3, expand_animations=False) if isinstance(data, bytes) else data
-    except tf.errors.InvalidArgumentError as err:
-        raise ValueError(f"{name}: could not decode as an image ({err.message})") from None
-    return resize_image(np.asarray(image), size)
-
-
-def resize_image(image, size):
-    """uint8/float (H, W, C) -> uint8 (size, size, C): corner-aligned bilinear (SPEC §1); grey images become RGB."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    if image.shape[-1] == 4:
-        image = image[..., :3]
-    resized = tf.raw_ops.ResizeBilinear(images=tf.cast(image[None], tf.float32), size=[size, size],
-                                        align_corners=True, half_pixel_centers=False)[0]
-    return np.clip(np.rint(resized.numpy()), 0, 255).astype(np.uint8)
-
-
-def _resize_mask(mask, size):
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    binary = (mask > (127 if mask.max() > 1 else 0)).astype(np.float32)
-    resized = tf.raw_ops.ResizeBilinear(images=binary[None, ..., None], size=[size, size], align_corners=True,
-                                        half_pixel_centers=False)[0, ..., 0]
-    return (resized.numpy() >= 0.5).astype(np.uint8)
-
-
-def _rescale_keypoints(points, height, width, size):
-    """1-indexed pixels of an (height, width) image -> the same points on a size x size resize (padding kept -1)."""
-    points = np.asarray(points, np.float32).reshape(-1, 2)
-    valid = np.all(points >= 0, axis=-1)
-    normalised = np.asarray(geometry.pixels_to_normalized(points, height, width))
-    scaled = np.asarray(geometry.normalized_to_pixels(normalised, size, size))
-    return np.where(valid[:, None], scaled, -1.0).astype(np.float32), valid
-
-
-def _pad_points(list_of_points, list_of_valid):
-    k = max([len(p) for p in list_of_points] + [1])
-    points = np.full((len(list_of_points), k, 2), -1.0, np.float32)
-    valid = np.zeros((len(list_of_points), k), bool)
-    for i, (p, v) in enumerate(zip(list_of_points, list_of_valid)):
-        points[i, :len(p)] = p
-        valid[i, :len(v)] = v
-    return points, valid
-
-
-def _image_of(value, size, name):
-    value = value.numpy() if hasattr(value, "numpy") else value
-    if isinstance(value, (bytes, np.bytes_)):
-        return decode_and_resize(bytes(value), size, name)
-    return resize_image(value, size)
-
-
-def materialize_images(dataset, size):
-    """A tf.data/tfds dataset of image examples ('image'[, 'mask', 'category', 'keypoints']) -> numpy image set.
-
-    Images may be decoded uint8 (H, W, 3) or encoded bytes (tfds.decode.SkipDecoding()). Every image is resized to
-    size x size (keypoints and masks follow). Returns 'image' (N, S, S, 3) uint8, and 'mask', 'category',
-    'keypoints'/'visible' when present.
-    """
-    out = {"image": [], "mask": [], "category": [], "keypoints": [], "visible": []}
-    for i, example in enumerate(dataset):
-        if "image" not in example:
-            raise KeyError(f"image dataset example {i} has no 'image' feature; features: {sorted(example)}")
-        raw = example["image"]
-        image = _image_of(raw, size, f"example {i} 'image'")
-        out["image"].append(image)
-        if "mask" in example:
-            out["mask"].append(_resize_mask(_image_of_mask(example["mask"]), size))
-        if "category" in example:
-            out["category"].append(int(np.asarray(example["category"])))
-        if "keypoints" in example:
-            h, w = _original_size(raw)
-            points, valid = _rescale_keypoints(np.asarray(example["keypoints"]), h, w, size)
-            out["keypoints"].append(points)
-            out["visible"].append(valid)
-    if not out["image"]:
-        raise ValueError("image dataset is empty")
-    result = {"image": np.stack(out["image"])}
-    if out["mask"]:
-        result["mask"] = np.stack(out["mask"])
-    if out["category"]:
-        result["category"] = np.asarray(out["category"], np.int32)
-    if out["keypoints"]:
-        result["keypoints"], result["visible"] = _pad_points(out["keypoints"], out["visible"])
-    return result
-
-
-def _image_of_mask(value):
-    value = value.numpy() if hasattr(value, "numpy") else value
-    if isinstance(value, (bytes, np.bytes_)):
-        return tf.io.decode_image(bytes(value), channels=1, expand_animations=False).numpy()
-    return np.asarray(value)
-
-
-def _original_size(raw):
-    value = raw.numpy() if hasattr(raw, "numpy") else raw
-    if isinstance(value, (bytes, np.bytes_)):
-        shape = tf.io.decode_image(bytes(value), channels=3, expand_animations=False).shape
-        return int(shape[0]), int(shape[1])
-    return int(value.shape[0]), int(value.shape[1])
-
-
-_PAIR_KEYS = ("image_a", "image_b")
-
-
-def materialize_pairs(dataset, size):
-    """A tf.data/tfds dataset of pair examples -> numpy pair set at size x size.
-
-    Features: 'image_a', 'image_b' (decoded or bytes), optional 'keypoints_a', 'keypoints_b' ((K, 2) 1-indexed
-    pixels, -1 padding), 'category', 'flip' (1: both images mirrored horizontally, PF-PASCAL train). Returns
-    'image_a', 'image_b' (N, S, S, 3) uint8, 'category' (N,), 'flip' (N,), and 'keypoints_*'/'visible_*'.
-    """
-    out = {k: [] for k in ("image_a", "image_b", "keypoints_a", "keypoints_b", "visible_a", "visible_b",
-                           "category", "flip")}
-    for i, example in enumerate(dataset):
-        missing = [k for k in _PAIR_KEYS if k not in example]
-        if missing:
-            raise KeyError(f"pair dataset example {i} lacks {missing}; features: {sorted(example)}")
-        for side in ("a", "b"):
-            raw = example["image_" + side]
-            out["image_" + side].append(_image_of(raw, size, f"pair {i} 'image_{side}'"))
-            if "keypoints_" + side in example:
-                h, w = _original_size(raw)
-                points, valid = _rescale_keypoints(np.asarray(example["keypoints_" + side]), h, w, size)
-                out["keypoints_" + side].append(points)
-                out["visible_" + side].append(valid)
-        out["category"].append(int(np.asarray(example.get("category", 0))))
-        out["flip"].append(int(np.asarray(example.get("flip", 0))))
-    if not out["image_a"]:
-        raise ValueError("pair dataset is empty")
-    result = {k: np.stack(out[k]) for k in _PAIR_KEYS}
-    result["category"] = np.asarray(out["category"], np.int32)
-    result["flip"] = np.asarray(out["flip"], np.int32)
-    if out["keypoints_a"]:
-        both, valid = _pad_points(out["keypoints_a"] + out["keypoints_b"], out["visible_a"] + out["visible_b"])
-        n = len(out["keypoints_a"])
-        result["keypoints_a"], result["keypoints_b"] = both[:n], both[n:]
-        result["visible_a"], result["visible_b"] = valid[:n], valid[n:]
-    return result
-
-
-def as_in_memory(source, image_size):
-    """Any supported source -> ('images' | 'pairs', numpy dict). Dicts are used as they are (validated)."""
-    if isinstance(source, dict):
-        if "image" in source:
-            kind = "images"
-        elif "image_a" in source and "image_b" in source:
-            kind = "pairs"
-        else:
-            raise KeyError("source dict must hold 'image' (+ 'category') or 'image_a'/'image_b'; "
-                           f"got keys {sorted(source)}")
-        return kind, {k: np.asarray(v) for k, v in source.items()}
-    if isinstance(source, tf.data.Dataset):
-        spec = source.element_spec
-        if not isinstance(spec, dict):
-            raise TypeError(f"dataset elements must be dicts of features; got {spec}")
-        if "image_a" in spec:
-            return "pairs", materialize_pairs(source, image_size)
-        if "image" in spec:
-            return "images", materialize_images(source, image_size)
-        raise KeyError(f"dataset features must include 'image' or 'image_a'/'image_b'; got {sorted(spec)}")
-    raise TypeError(f"unsupported source type {type(source).__name__}: pass a dict of numpy arrays or a "
-                    "tf.data.Dataset (e.g. from tfds.load)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -292,13 +95,6 @@ def _transform_keypoints(points, valid, box, height, width, size, flip):
 # The pipeline.
 
 
-def process_slice(n, process_index, process_count):
-    """The contiguous [lo, hi) of n examples read by one process: disjoint, covering, sizes differ by at most 1."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be in [0, {process_count}); got {process_index}")
-    return n * process_index // process_count, n * (process_index + 1) // process_count
-
-
 def _anchor_stream(seed, process_index, n, start_position):
     """Dataset of (position, anchor) for positions >= start_position: per-epoch stateless permutations of n."""
     start_epoch, offset = divmod(start_position, n)
@@ -341,7 +137,7 @@ def make_pair_iterator(source, *, batch_size, image_size, seed, start_step=0, pr
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    kind, data = as_in_memory(source, image_size)
+    kind, data = sources.as_in_memory(source, image_size)
     n_total = len(data["image"] if kind == "images" else data["image_a"])
     lo, hi = process_slice(n_total, process_index, process_count)
     local = {k: v[lo:hi] for k, v in data.items()}

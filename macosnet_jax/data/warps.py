@@ -12,8 +12,6 @@ large reflect-padded source (numpy's mode='reflect': mirror about the first/last
 from __future__ import annotations
 
 import functools
-import os
-import pathlib
 from typing import Iterator
 
 import jax
@@ -21,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from macosnet_jax import geometry
-from macosnet_jax.data import synthetic
+from macosnet_jax.data import sources, synthetic
 from macosnet_jax.data.batches import WarpPairBatch
+from macosnet_jax.data.sources import load_image_folder, process_slice  # noqa: F401  (importable from here too)
 
 # SPEC §6.7 (newer CNNGeo draw).
 AFFINE_RANGES = dict(rotation=np.pi / 12, shear=np.pi / 6, scale=(0.75, 1.25), translation=0.25)
@@ -151,52 +150,18 @@ def synthetic_warp_batch(key, images, kind="affine", size=None, masks=None, keyp
     return result
 
 
-def load_image_folder(path, size):
-    """All images (*.png, *.jpg, *.jpeg, *.bmp) under `path` (sorted), decoded as RGB and resized to size x size.
-
-    Corner-aligned bilinear resize (SPEC §1). Returns uint8 (N, size, size, 3).
-    """
-    from macosnet_jax.data import pipeline  # TensorFlow only when a folder is read
-
-    folder = pathlib.Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist or is not a directory")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-    if not files:
-        raise FileNotFoundError(f"no images (*.png, *.jpg, *.jpeg, *.bmp) found under {folder}")
-    return np.stack([pipeline.decode_and_resize(open(f, "rb").read(), size, name=os.fspath(f)) for f in files])
-
-
-def _as_image_set(source, image_size):
-    """Normalises a warp source (array, dict, folder path or tf.data.Dataset) to a dict of numpy arrays."""
-    if isinstance(source, (str, os.PathLike)):
-        return {"image": load_image_folder(source, image_size)}
-    if isinstance(source, np.ndarray):
-        source = {"image": source}
-    if isinstance(source, dict):
-        if "image" not in source:
-            raise KeyError(f"warp source dict needs an 'image' array (N, H, W, 3); got keys {sorted(source)}")
-        images = np.asarray(source["image"])
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"warp source 'image' must be (N, H, W, 3); got {images.shape}")
-        keep = [k for k in ("image", "mask", "keypoints", "visible", "category") if k in source]
-        return {k: np.asarray(source[k]) for k in keep}
-    from macosnet_jax.data import pipeline
-
-    return pipeline.materialize_images(source, image_size)
-
-
 def make_warp_iterator(source, *, batch_size, image_size, seed, kind="affine", start_step=0, process_index=0,
                        process_count=1) -> Iterator[WarpPairBatch]:
     """An endless iterator of strong-pair batches (`batches.WarpPairBatch`) from an image source, resumable by step.
 
-    source: images uint8 (N, H, W, 3), a dict with 'image' (+ optional 'mask', 'keypoints', 'visible'), a folder
-    path, or a tf.data/tfds dataset of examples with 'image'. This process uses the contiguous slice
-    [N p / P, N (p + 1) / P) of the images and yields batch_size (the per-process batch) pairs per step; batch k
-    is a pure function of (seed, start_step + k, process_index): images from a per-epoch permutation of the slice,
-    θ from jax.random keys folded with (step, process). Keys: see `synthetic_warp_batch`, plus 'index' (N-space).
+    source: an image set as `sources.image_set` reads it: images uint8 (N, H, W, 3), a dict with 'image' (+ optional
+    'mask', 'keypoints', 'visible'), a folder path, or a tf.data/tfds dataset of examples with 'image'. This
+    process uses the contiguous slice [N p / P, N (p + 1) / P) of the images and yields batch_size (the
+    per-process batch) pairs per step; batch k is a pure function of (seed, start_step + k, process_index): images
+    from a per-epoch permutation of the slice, θ from jax.random keys folded with (step, process). Keys: see
+    `synthetic_warp_batch`, plus 'index' (N-space).
     """
-    data = _as_image_set(source, image_size)
+    data = sources.image_set(source, image_size)
     n = len(data["image"])
     lo, hi = process_slice(n, process_index, process_count)
     if hi - lo < 1:
@@ -220,13 +185,6 @@ def make_warp_iterator(source, *, batch_size, image_size, seed, kind="affine", s
         batch["index"] = indices + lo
         yield batch
         step += 1
-
-
-def process_slice(n, process_index, process_count):
-    """The contiguous [lo, hi) of n examples read by one process: disjoint, covering, sizes differ by at most 1."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be in [0, {process_count}); got {process_index}")
-    return n * process_index // process_count, n * (process_index + 1) // process_count
 
 
 def epoch_indices(seed, process_index, n, start, count):

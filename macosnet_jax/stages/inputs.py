@@ -1,37 +1,16 @@
-"""What the training stages share: the image source, image normalisation, model init, the pair iterator, and
-the torch-weight loader that knows the model's sizes.
+"""What the training stages share: image normalisation, model init, the pair iterator, and the torch-weight loader
+that knows the model's sizes (the image source itself is data/sources.py, `image_source` here).
 
 Images travel as uint8 and are normalised inside the jitted step (a quarter of the host->device bytes).
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from macosnet_jax import geometry
-
-
-@functools.lru_cache(maxsize=4)
-def _synthetic_objects(num_images: int, size: int, seed: int, num_categories: int, background: str) -> dict:
-    from macosnet_jax.data import synthetic
-    return synthetic.make_synthetic_objects(num_images, size, seed, num_categories, background)
-
-
-def image_source(data: ml_collections.ConfigDict, image_size: int) -> dict:
-    """The training image set named by config.data, in memory (dict of numpy arrays)."""
-    if data.name == "synthetic_objects":
-        return _synthetic_objects(int(data.num_images), int(image_size), int(data.seed), int(data.num_categories),
-                                  str(data.get("background", "clutter")))
-    if data.name == "image_folder":
-        from macosnet_jax.data import warps
-        return {"image": warps.load_image_folder(data.path, image_size)}
-    if data.name == "tfds":
-        import tensorflow_datasets as tfds
-        return tfds.load(data.tfds_name, split=data.split, data_dir=data.get("data_dir", None) or None)
-    raise ValueError(f"config.data.name='{data.name}' is unknown; expected synthetic_objects, image_folder or tfds")
+from macosnet_jax.data.sources import from_config as image_source  # the training set named by config.data
 
 
 def normalize(images):
