@@ -133,14 +133,17 @@ def merge_initial_weights(state: TrainState, variables: Mapping, prefix: str, so
                           sharding: NamedSharding) -> TrainState:
     """`state` with the matching arrays of variables {'params', 'batch_stats'} (a previous run or torch weights).
 
-    prefix: where the tree goes ('' the root; e.g. 'matching': a MatchingModel inside MaCoSNet). A tree that
-    already has the prefix at its top level (e.g. a joint run continued by SPair fine-tuning) is merged as is; a
-    bare tree is nested under it. No parameter copied is an error naming `source`.
+    prefix: where the tree goes ('' the root; e.g. 'matching': a MatchingModel inside MaCoSNet; 'a/b' nests
+    deeper, e.g. 'matching/encoder': a bare encoder inside MaCoSNet). A tree that already has the prefix's first
+    key at its top level (e.g. a joint run continued by SPair fine-tuning) is merged as is; a bare tree is nested
+    under it. No parameter copied is an error naming `source`.
     """
+    keys = [k for k in prefix.split("/") if k]
     for collection in ("params", "batch_stats"):
         tree = variables.get(collection, {})
-        if prefix and prefix not in tree:
-            tree = {prefix: tree}
+        if keys and keys[0] not in tree:
+            for key in reversed(keys):
+                tree = {key: tree}
         merged, copied = ckpt_lib.merge_variables(getattr(state, collection), tree, f"{source} ({collection})")
         state = state.replace(**{collection: jax.device_put(merged, sharding)})
         logging.info("%s: %d %s arrays copied", source, copied, collection)

@@ -17,6 +17,10 @@ halves between stem and layer1), so the cut layer has stride 2^(len(skips)+1) an
 equals the channel count of the skip it is added to (the entry's levels, `decoder_widths`), so thin ResNets work
 too; the last stage has one output channel.
 
+An encoder without a pyramid (the DINOv2 ViT, stride 14) has no skips: its entry gives the stage widths
+(`Backbone.decoder_widths`), the stages past the skips add nothing, and since 14·2^n never equals the image
+size, the logits are resized (bilinear) to `output_size` x `output_size` at the end.
+
 Initialisation (reference): every 3x3 kernel slice is the bilinear-upsampling kernel
 outer([.5, 1, .5], [.5, 1, .5]) / C_in, so at init each stage upsamples the channel mean bilinearly.
 
@@ -48,8 +52,9 @@ def encoder_channels(depth: int, width: int = 64) -> dict[str, int]:
 
 
 def decoder_widths(depth: int, last_layer: str, width: int = 64, backbone: str = "resnet") -> tuple[int, ...]:
-    """Output widths of the upsampling stages before the last: the channels of the skips they meet."""
-    return backbones.get(backbone).skip_widths({"depth": depth, "last_layer": last_layer, "width": width})
+    """Output widths of the upsampling stages before the last: the channels of the skips they meet (the entry's
+    `decoder_stage_widths`)."""
+    return backbones.get(backbone).decoder_stage_widths({"depth": depth, "last_layer": last_layer, "width": width})
 
 
 def bilinear_kernel_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
@@ -89,8 +94,11 @@ class CosegDecoder(nn.Module):
     """Mask logits from [raw last-layer features, correlation on the image's own grid] plus encoder skips.
 
     Fields:
-      widths: output channels of every stage but the last, one per skip (default: ResNet-101 cut at layer3).
-      skips: encoder output names added after each stage, deepest first (`decoder_skip_names(last_layer)`).
+      widths: output channels of every stage but the last (default: ResNet-101 cut at layer3, one per skip).
+      skips: encoder output names added after the first len(skips) stages, deepest first
+        (`decoder_skip_names(last_layer)`); the stages past them add no skip (() for a ViT).
+      output_size: the logits' side; 0 keeps the transposed convs' size (h·2^n), otherwise a bilinear resize to
+        output_size x output_size follows when the sizes differ (a stride-14 ViT grid).
       bn_momentum, bn_epsilon: BatchNorm (torch momentum 0.1 == Flax momentum 0.9; eps 1e-5).
       precision: passed to the convolutions (None: backend default; 'highest' for parity on accelerators).
     Submodule names follow the reference (`deconv1..N`, `bn1..N-1`) so torch weights map one to one.
@@ -99,6 +107,7 @@ class CosegDecoder(nn.Module):
     skips: Sequence[str] = ("layer2", "layer1", "stem")
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    output_size: int = 0
     precision: Any = None
 
     @nn.compact
@@ -106,20 +115,24 @@ class CosegDecoder(nn.Module):
                  train: bool) -> jax.Array:
         """features (B, h, w, C) raw, corr (B, h, w, h·w) normalised on this image's grid,
         skip_features[name] (B, h·2^i, w·2^i, widths[i-1]) for the i-th skip -> logits (B, h·2^n, w·2^n, 1),
-        n = len(skips) + 1. BatchNorm uses batch statistics when `train` (the decoder trains from scratch).
+        n = len(widths) + 1 (or (B, output_size, output_size, 1)). BatchNorm uses batch statistics when `train`
+        (the decoder trains from scratch).
         """
-        if len(self.widths) != len(self.skips):
+        if len(self.widths) < len(self.skips):
             raise ValueError(f"CosegDecoder: {len(self.widths)} widths for {len(self.skips)} skips "
-                             f"({self.skips}); give one width per skip")
+                             f"({self.skips}); give at least one width per skip")
         if features.shape[:3] != corr.shape[:3]:
             raise ValueError(f"CosegDecoder: features {features.shape} and correlation {corr.shape} must share "
                              "(batch, h, w)")
         x = jnp.concatenate([features, corr], axis=-1)
-        for i, (name, width) in enumerate(zip(self.skips, self.widths), start=1):
+        names = tuple(self.skips) + (None,) * (len(self.widths) - len(self.skips))
+        for i, (name, width) in enumerate(zip(names, self.widths), start=1):
             x = ConvTranspose2x(width, self.precision, name=f"deconv{i}")(x)
             x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon, name=f"bn{i}")(x)
             x = nn.relu(x)
+            if name is None:
+                continue
             if name not in skip_features:
                 raise KeyError(f"CosegDecoder: missing skip {name!r}; got {sorted(skip_features)}")
             skip = skip_features[name]
@@ -127,4 +140,7 @@ class CosegDecoder(nn.Module):
                 raise ValueError(f"CosegDecoder: skip {name!r} has shape {skip.shape}, the decoder stage {i} "
                                  f"gives {x.shape}; set widths/skips to the encoder's (decoder_widths)")
             x = x + skip
-        return ConvTranspose2x(1, self.precision, name=f"deconv{len(self.skips) + 1}")(x)
+        logits = ConvTranspose2x(1, self.precision, name=f"deconv{len(self.widths) + 1}")(x)
+        if self.output_size and logits.shape[1:3] != (self.output_size, self.output_size):
+            logits = jax.image.resize(logits, (logits.shape[0], self.output_size, self.output_size, 1), "bilinear")
+        return logits

@@ -272,6 +272,31 @@ class DinoV2(nn.Module):
         return tuple(result)
 
 
+def torch_module_name(parts: Sequence[str]) -> str:
+    """Flax module path inside a DinoV2 -> the official module name ('blocks_0', 'attn', 'qkv' -> 'blocks.0.attn.qkv';
+    'patch_embed' -> 'patch_embed.proj'; () -> '', the ViT's own tokens)."""
+    parts = list(parts)
+    if parts and parts[0].startswith("blocks_"):
+        parts[0:1] = ["blocks", parts[0][len("blocks_"):]]
+    if parts and parts[0] == "patch_embed":
+        parts.insert(1, "proj")
+    return ".".join(parts)
+
+
+class DinoV2Encoder(DinoV2):
+    """The DinoV2 as an encoder of the backbone table (models/backbones.py): `module(images, train)` ->
+    {'features': (B, h, w, D), 'patches': the same array}, the final-normed patch tokens on the (H/14, W/14) grid.
+
+    Its variables are the DinoV2's own ({'params'} only, no BatchNorm), so an official checkpoint converted by
+    `weights.load_dinov2` drops into the encoder unchanged. `train` changes nothing (no dropout, no BatchNorm).
+    """
+
+    def __call__(self, images: jax.Array, train: bool = False) -> dict:
+        del train
+        features = super().__call__(images)["feature_map"]
+        return {"features": features, "patches": features}
+
+
 def dinov2(size: str = "small", num_registers: int = 0, pos_grid: int = 37, **kwargs) -> DinoV2:
     """A DinoV2 of one of SIZES with the hub's interpolation convention (registers -> size call, antialiased)."""
     if size not in SIZES:

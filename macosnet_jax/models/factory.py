@@ -6,8 +6,9 @@ Training stages, inference (`predict.Matcher`), the command-line tools and the d
   perceptual_network(config) -> the frozen network F of the contrastive loss (config.losses.perceptual_net)
   model_for_config(config) -> whichever of the first two the config's stage trains (STAGE_MODELS)
   build_model(kind, image_size, **fields) -> the same from plain fields (the CLI's random-init models)
-config.model holds the MatchingModel fields (backbone, depth, last_layer, width, regression_channels, ...); the
-encoder itself comes from the entry of models/backbones.py that `backbone` names (default 'resnet').
+config.model holds the MatchingModel fields (backbone, depth, last_layer, width, vit_*, regression_channels, ...);
+the encoder itself comes from the entry of models/backbones.py that `backbone` names ('resnet' (default) or
+'dinov2').
 """
 from __future__ import annotations
 
@@ -50,15 +51,15 @@ def perceptual_network(config: ml_collections.ConfigDict) -> nn.Module:
 
     'imagenet_resnet50': ResNet-50 to layer4 (2048-d after pooling), weights from config.losses.perceptual_weights
       (a torchvision .pth); 'strong_encoder': a copy of the matching encoder as it was at the start of this stage
-      (the CPU demo, where no ImageNet weights exist), taken from the stage's initial weights.
+      (the CPU demo, where no ImageNet weights exist; the DINOv2 configs, whose initial encoder is the pretrained
+      ViT), taken from the stage's initial weights.
     """
     kind = config.losses.perceptual_net
     if kind == "imagenet_resnet50":
         return backbones.RESNET.make({"depth": 50, "last_layer": "layer4", "width": 64})
     if kind == "strong_encoder":
-        m = config.model
-        fields = {"depth": m.depth, "last_layer": m.last_layer, "width": m.get("width", 64)}
-        return backbones.get(m.get("backbone", "resnet")).make(fields)
+        matching = matching_model(config)
+        return backbones.get(matching.backbone).make(matching.encoder_fields())
     raise ValueError(f"config.losses.perceptual_net='{kind}' is unknown; expected imagenet_resnet50 or strong_encoder")
 
 

@@ -160,7 +160,7 @@ class MaCoSNet(nn.Module):
 
 def build_macosnet(depth: int = 101, last_layer: str = "layer3", width: int = 64, image_size: int = 240,
                    **matching_kwargs) -> MaCoSNet:
-    """MaCoSNet whose decoder follows the encoder: skips and widths from the backbone entry's levels.
+    """MaCoSNet whose decoder follows the encoder: skips and widths from the backbone entry, logits at image_size.
 
     matching_kwargs go to MatchingModel (backbone, regression_channels, regression_kernels, init_identity, ...).
     """
@@ -168,8 +168,8 @@ def build_macosnet(depth: int = 101, last_layer: str = "layer3", width: int = 64
                              **matching_kwargs)
     backbone = backbones.get(matching.backbone)
     fields = matching.encoder_fields()
-    decoder = CosegDecoder(widths=backbone.skip_widths(fields), skips=backbone.skips(fields),
-                           precision=matching_kwargs.get("precision"))
+    decoder = CosegDecoder(widths=backbone.decoder_stage_widths(fields), skips=backbone.skips(fields),
+                           output_size=image_size, precision=matching_kwargs.get("precision"))
     return MaCoSNet(matching=matching, decoder=decoder)
 
 

@@ -38,8 +38,11 @@ class MatchingModel(nn.Module):
     """Two-stage affine → TPS matcher.
 
     Attributes:
-      backbone: the encoder family, an entry of models/backbones.py (paper: 'resnet').
-      depth, last_layer, width: the encoder fields the entry reads (ResNet paper: 101, 'layer3', 64).
+      backbone: the encoder family, an entry of models/backbones.py: 'resnet' (the paper) or 'dinov2'.
+      depth, last_layer, width: the fields the 'resnet' entry reads (paper: 101, 'layer3', 64).
+      vit_embed_dim, vit_depth, vit_heads, vit_registers, vit_pos_grid: the fields the 'dinov2' entry reads
+        (default ViT-S/14: 384, 12, 6, 0 registers, the official 37x37 positional grid; patch 14). At 224 px the
+        correlation lies on the 16x16 patch grid (256 channels), and the heads' VALID convs (7, 5) leave 6x6.
       image_size: input size S and the size of the stage-2 warp of A (the reference hard-codes 240).
       regression_channels, regression_kernels: FeatureRegression convs.
       init_identity: heads start at the identity transform (from-scratch training); False = reference init.
@@ -51,6 +54,11 @@ class MatchingModel(nn.Module):
     depth: int = 101
     last_layer: str = "layer3"
     width: int = 64
+    vit_embed_dim: int = 384
+    vit_depth: int = 12
+    vit_heads: int = 6
+    vit_registers: int = 0
+    vit_pos_grid: int = 37
     image_size: int = 240
     regression_channels: Sequence[int] = (128, 64)
     regression_kernels: Sequence[int] = (7, 5)
@@ -71,7 +79,9 @@ class MatchingModel(nn.Module):
 
     def encoder_fields(self) -> dict:
         """The fields of this model its backbone entry reads."""
-        return {"depth": self.depth, "last_layer": self.last_layer, "width": self.width}
+        return {"depth": self.depth, "last_layer": self.last_layer, "width": self.width,
+                "vit_embed_dim": self.vit_embed_dim, "vit_depth": self.vit_depth, "vit_heads": self.vit_heads,
+                "vit_registers": self.vit_registers, "vit_pos_grid": self.vit_pos_grid}
 
     def encode(self, images, train: bool = False) -> dict:
         """images (B, S, S, 3) normalised -> the encoder's dict: raw 'features' (B, h, w, c) and its levels."""

@@ -46,10 +46,20 @@ def torch_loader(config: ml_collections.ConfigDict):
     """Stage.load_torch for a model built from `config`: (path, layout) -> converted variables.
 
     The converter gets the model's image size and, for a bare torchvision ResNet, where the model cuts it
-    (config.model.last_layer).
+    (config.model.last_layer). An official DINOv2 file (layout 'dinov2') is converted for the configured ViT
+    encoder (config.model.vit_*, strict: a differently sized checkpoint is an error), as a bare encoder tree:
+    config.init_torch.prefix puts it in place ('encoder' in a MatchingModel, 'matching/encoder' in MaCoSNet).
     """
     def load(path: str, layout: str) -> dict:
         from macosnet_jax import weights  # only needed when torch weights are used
+        if layout == "dinov2":
+            from macosnet_jax.models import backbones, factory
+            from macosnet_jax.weights import dinov2 as dinov2_weights
+            matching = factory.matching_model(config)
+            if matching.backbone != "dinov2":
+                raise ValueError(f"config.init_torch.layout='dinov2' needs config.model.backbone='dinov2', "
+                                 f"not {matching.backbone!r}")
+            return dinov2_weights.encoder_variables(path, backbones.DINOV2.make(matching.encoder_fields()))
         kwargs = {}
         if "image_size" in config:
             kwargs["image_size"] = config.image_size

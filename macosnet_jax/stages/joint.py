@@ -22,7 +22,8 @@ def load_perceptual_variables(config: ml_collections.ConfigDict, params, batch_s
             raise ValueError("config.losses.perceptual_net='imagenet_resnet50' needs config.losses.perceptual_weights: "
                              "the path of torchvision's resnet50 ImageNet checkpoint (.pth)")
         return weights.load_torch_checkpoint(path, "torchvision_resnet")
-    return {"params": params["matching"]["encoder"], "batch_stats": batch_stats["matching"]["encoder"]}
+    # A ViT encoder has no BatchNorm statistics.
+    return {"params": params["matching"]["encoder"], "batch_stats": batch_stats["matching"].get("encoder", {})}
 
 
 def joint_loss(model, perceptual, options: losses.LossOptions, params, batch_stats, frozen,

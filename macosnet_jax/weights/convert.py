@@ -1,4 +1,5 @@
-"""Torch state_dicts -> Flax variables of our models (weakalign, CNNGeo, torchvision ResNet layouts).
+"""Torch state_dicts -> Flax variables of our models (weakalign, CNNGeo, torchvision ResNet layouts; official
+DINOv2 files through weights/dinov2.py).
 
 The target Flax variables are enumerated from the model itself (an abstract `init`), and each one names the torch
 tensor it needs: encoder modules through the backbone entry's `torch_module_name` (models/backbones.py), the
@@ -21,6 +22,7 @@ import numpy as np
 from macosnet_jax.models import backbones
 from macosnet_jax.models import resnet as resnet_lib
 from macosnet_jax.models.regression import identity_theta
+from macosnet_jax.weights import dinov2 as dinov2_weights
 from macosnet_jax.weights.architecture import (WEAKALIGN_MODULES, WEAKALIGN_PREFIX, regression_heads,
                                                infer_resnet_config, matching_model_from_state_dict)
 from macosnet_jax.weights.torch_pickle import extract_state_dict, load_torch_state_dict
@@ -158,9 +160,15 @@ def convert_torch_checkpoint(path_or_mapping, layout: str, image_size: int = 240
         flat = _convert(abstract, name_of, state_dict, _leaf_transform(None), dropped)
         return model, flax.traverse_util.unflatten_dict(flat)
 
+    if layout == "dinov2":
+        if last_layer is not None:
+            raise ValueError("last_layer applies to layout='torchvision_resnet' only")
+        model, variables = dinov2_weights.load_dinov2(path_or_mapping, **model_overrides)
+        return model, {"params": variables["params"], "batch_stats": {}}
+
     if layout not in ("weakalign", "cnngeo"):
-        raise ValueError(f"unknown checkpoint layout {layout!r}; expected 'weakalign', 'cnngeo' or "
-                         "'torchvision_resnet'")
+        raise ValueError(f"unknown checkpoint layout {layout!r}; expected 'weakalign', 'cnngeo', "
+                         "'torchvision_resnet' or 'dinov2'")
     if last_layer is not None:
         raise ValueError("last_layer applies to layout='torchvision_resnet' only")
     heads = regression_heads(state_dict)
@@ -205,6 +213,8 @@ def load_torch_checkpoint(path_or_mapping, layout: str, image_size: int = 240, l
         the single-stage model.
       'torchvision_resnet': conv1/bn1/layerN.* -> `ResNet` variables; `fc.*` and layers after `last_layer`
         (default: the last one present) are dropped.
+      'dinov2': an official DINOv2 state_dict -> the variables of the `DinoV2` its tensors describe
+        (`weights.load_dinov2`; batch_stats empty), e.g. the encoder of a backbone='dinov2' model.
     Raises ValueError listing missing, unexpected and mis-shaped names when the checkpoint and model disagree.
     """
     return convert_torch_checkpoint(path_or_mapping, layout, image_size, last_layer)[1]

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from macosnet_jax.models.dinov2 import DinoV2
+from macosnet_jax.models.dinov2 import DinoV2, torch_module_name
 from macosnet_jax.weights.torch_pickle import load_torch_state_dict
 
 _TOKENS = ("cls_token", "pos_embed", "mask_token", "register_tokens")
@@ -83,14 +83,9 @@ def infer_dinov2_config(state_dict: Mapping[str, Any]) -> dict:
 
 def torch_name(path: tuple[str, ...]) -> str:
     """Flax variable path ('params', ...) -> the official state_dict name."""
-    parts = list(path[1:])
-    if parts[0].startswith("blocks_"):
-        parts[0:1] = ["blocks", parts[0][len("blocks_"):]]
-    if parts[0] == "patch_embed":
-        parts.insert(1, "proj")
-    if parts[-1] in ("kernel", "scale"):
-        parts[-1] = "weight"
-    return ".".join(parts)
+    leaf = "weight" if path[-1] in ("kernel", "scale") else path[-1]
+    module = torch_module_name(path[1:-1])
+    return f"{module}.{leaf}" if module else leaf
 
 
 def _to_flax(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:
@@ -135,3 +130,22 @@ def load_dinov2(path_or_mapping, **overrides) -> tuple[DinoV2, dict]:
     config = {**infer_dinov2_config(state_dict), **overrides}
     model = DinoV2(**config)
     return model, convert_dinov2(state_dict, model)
+
+
+# DinoV2 field -> the config.model key that sets it in a matching / MaCoSNet model (models/backbones.py).
+_CONFIG_KEYS = {"embed_dim": "vit_embed_dim", "depth": "vit_depth", "num_registers": "vit_registers",
+                "pos_grid": "vit_pos_grid", "ffn": None, "mlp_ratio": None, "layerscale": None}
+
+
+def encoder_variables(path_or_mapping, encoder: DinoV2) -> dict:
+    """{'params', 'batch_stats': {}} of a configured DinoV2 (e.g. a matching model's encoder) from an official
+    checkpoint. The checkpoint's architecture must be the encoder's: a ValueError names the config.model keys
+    that differ (a partial copy into a differently sized ViT would leave random blocks behind)."""
+    state_dict = read_state_dict(path_or_mapping)
+    inferred = infer_dinov2_config(state_dict)
+    differ = [f"{_CONFIG_KEYS[k] or k}: checkpoint {inferred[k]!r}, model {getattr(encoder, k)!r}"
+              for k in _CONFIG_KEYS if inferred[k] != getattr(encoder, k)]
+    if differ:
+        raise ValueError("DINOv2 checkpoint and the configured encoder differ (set config.model to the "
+                         "checkpoint's size):\n  " + "\n  ".join(differ))
+    return {"params": convert_dinov2(state_dict, encoder)["params"], "batch_stats": {}}
