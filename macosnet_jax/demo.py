@@ -28,7 +28,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from macosnet_jax import config_files, demo_report, evaluate, geometry, predict, train, visualize
+from macosnet_jax import config_files, demo_report, geometry, predict, train, visualize
+from macosnet_jax.evaluation.dataset_driver import evaluate_synthetic
+from macosnet_jax.evaluation.keypoints import transfer_points
 from macosnet_jax.models import factory
 
 DEFAULT_CONFIG = config_files.config_path("demo")
@@ -107,7 +109,7 @@ def write_pictures(pairs, predictor, workdir, count):
         warped = visualize.warp_source(pair["image_a"], out["theta_aff"], out["theta_tps"], size_b)
         fig = visualize.match_figure(pair["image_a"], pair["image_b"], warped, out.get("mask_a"), out.get("mask_b"))
         visualize.save_figure(fig, os.path.join(workdir, f"pair{i}_match.png"))
-        pred = evaluate.transfer_points(pair["keypoints_b"], out["theta_aff"], out["theta_tps"],
+        pred = transfer_points(pair["keypoints_b"], out["theta_aff"], out["theta_tps"],
                                         pair["image_a"].shape[:2], size_b)
         fig = visualize.keypoint_figure(pair["image_a"], pair["image_b"], pair["keypoints_b"], pred,
                                         pair["keypoints_a"])
@@ -148,7 +150,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     alphas = tuple(config.eval.alphas)
     results, text = {}, []
     for name, predictor in methods.items():
-        tables = evaluate.evaluate_synthetic(pairs, predictor, conventions=("kp_extent", "img224"), alphas=alphas)
+        tables = evaluate_synthetic(pairs, predictor, conventions=("kp_extent", "img224"), alphas=alphas)
         results[name] = {key: table.to_json() for key, table in tables.items()}
         text.append(f"===== {name} =====\n" + "\n\n".join(t.to_text() for t in tables.values()))
     write_pictures(pairs, methods["joint"], os.path.join(workdir, "pictures"), int(config.eval.num_pictures))

@@ -173,8 +173,9 @@ def composed_points(theta_aff, theta_tps, points, reg=0.0):
 GRID_TOLERANCE = 2e-6
 
 
-def _inside(grid):
-    """(..., 2) -> (...) bool: strictly inside (-1, 1)² by more than GRID_TOLERANCE in both coordinates."""
+def inside(grid):
+    """(..., 2) normalised points or grid -> (...) bool: strictly inside (-1, 1)² by more than GRID_TOLERANCE in
+    both coordinates. Every "inside the image" decision on float32 coordinates uses it (composed grids, flows)."""
     return jnp.all(jnp.abs(grid) < 1.0 - GRID_TOLERANCE, axis=-1)
 
 
@@ -226,7 +227,7 @@ def composed_grid(theta_aff, theta_tps, height, width, reg=0.0, offset_factor=1.
     grid_aff = affine_grid(theta_aff, height, width, offset_factor)
     grid_tps = tps_grid(theta_tps, height, width, reg, offset_factor)
     sampled = grid_sample(grid_aff, grid_tps)
-    valid = _inside(grid_tps) & _reads_only_valid_nodes(_inside(grid_aff), grid_tps)
+    valid = inside(grid_tps) & _reads_only_valid_nodes(inside(grid_aff), grid_tps)
     grid = jnp.where(valid[..., None], sampled, INVALID_COORDINATE)
     return grid, valid
 

@@ -17,7 +17,8 @@ Pair mode:
 Collection mode (a folder of images of one category):
     macosnet-predict --collection photos/ --checkpoint ... --out results/ [--partners 5]
   writes masks/<stem>.png (0/255 at each image's size), overlays/<stem>.png, contact_sheet.png, collection.json.
-  Each image's mask is the mean of its sigma(M) over partner images of the folder (evaluate.collection_masks).
+  Each image's mask is the mean of its sigma(M) over partner images of the folder
+  (evaluation.coseg_driver.collection_masks).
 
 Image reading rule (any size and file format Pillow reads; pixels are taken as stored, EXIF rotation is not
 applied, so point coordinates refer to the file's pixel grid): 8-bit RGB as is; grey, palette, CMYK, YCbCr
@@ -291,7 +292,9 @@ def _list(array):
 
 def run_pair(matcher, args, out):
     """Pair mode: match A and B, write the pictures and result.json; returns the dict written to result.json."""
-    from macosnet_jax import evaluate, visualize  # noqa: PLC0415
+    from macosnet_jax import visualize  # noqa: PLC0415
+    from macosnet_jax.evaluation.keypoints import transfer_points  # noqa: PLC0415
+    from macosnet_jax.evaluation.masks import save_mask_png  # noqa: PLC0415
 
     image_a, image_b = load_image(args.image_a), load_image(args.image_b)
     points_b = load_points(args.points) if args.points else None
@@ -309,13 +312,13 @@ def run_pair(matcher, args, out):
         if mask is None:
             continue
         fg = visualize.foreground(mask, *image.shape[:2])
-        evaluate.save_mask_png(out / f"mask_{side}.png", fg)
+        save_mask_png(out / f"mask_{side}.png", fg)
         files[f"mask_{side}"] = out / f"mask_{side}.png"
         files[f"mask_overlay_{side}"] = visualize.save_image(visualize.overlay_mask(image, mask, color),
                                                             out / f"mask_overlay_{side}.png")
     points_a = None
     if points_b is not None:
-        points_a = evaluate.transfer_points(points_b, theta_aff, theta_tps, image_a.shape[:2], image_b.shape[:2])
+        points_a = transfer_points(points_b, theta_aff, theta_tps, image_a.shape[:2], image_b.shape[:2])
         files["keypoints"] = visualize.save_figure(visualize.keypoint_figure(image_a, image_b, points_b, points_a),
                                                    out / "keypoints.png")
     result = {
@@ -336,17 +339,19 @@ def run_pair(matcher, args, out):
 def run_collection(matcher, args, out, collection=None):
     """Collection mode: a mask per image aggregated over partners, overlays, a contact sheet, collection.json.
     `collection`: (files, images) from `read_collection` (read here when None)."""
-    from macosnet_jax import evaluate, visualize  # noqa: PLC0415
+    from macosnet_jax import visualize  # noqa: PLC0415
+    from macosnet_jax.evaluation.coseg_driver import collection_masks  # noqa: PLC0415
+    from macosnet_jax.evaluation.masks import save_mask_png  # noqa: PLC0415
 
     files, images = collection or read_collection(args.collection, args.skip_bad)
-    probabilities = evaluate.collection_masks(images, matcher.match, partners=args.partners)
+    probabilities = collection_masks(images, matcher.match, partners=args.partners)
     if probabilities and probabilities[0] is None:
         raise CliError("this model has no co-segmentation decoder (it predicts no masks); collection mode needs one")
     masks = []
     (out / "masks").mkdir(parents=True, exist_ok=True)
     for path, image, probability in zip(files, images, probabilities):
         fg = visualize.foreground(probability, *image.shape[:2])
-        evaluate.save_mask_png(out / "masks" / f"{path.stem}.png", fg)
+        save_mask_png(out / "masks" / f"{path.stem}.png", fg)
         visualize.save_image(visualize.overlay_mask(image, probability), out / "overlays" / f"{path.stem}.png")
         masks.append({"image": path.name, "mask": f"masks/{path.stem}.png", "foreground_fraction": float(fg.mean())})
     sheet = visualize.contact_sheet(images, probabilities, titles=[p.stem for p in files])

@@ -16,7 +16,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from macosnet_jax import evaluate, geometry
+from macosnet_jax import geometry
+from macosnet_jax.evaluation.masks import upsample_mask
 
 MASK_COLOR_A = (255, 64, 32)
 MASK_COLOR_B = (32, 160, 255)
@@ -57,7 +58,7 @@ def foreground(mask, height, width):
     if mask.ndim == 3 and mask.shape[-1] == 1:
         mask = mask[..., 0]
     if mask.shape != (height, width):
-        mask = evaluate.upsample_mask(mask, height, width)
+        mask = upsample_mask(mask, height, width)
     return mask > 0.5
 
 

@@ -11,9 +11,9 @@ A keypoint p of B gets the descriptor d = f_B bilinearly sampled at p's grid pos
 centres), re-normalised; s = f_A · d (h·w cosine similarities). Then
   'nn':          p ↦ the centre of argmax s (nearest neighbour);
   'soft_argmax': p ↦ Σ softmax(s / temperature) · centres (expected centre under a sharpened similarity).
-The point comes back in A's original pixels. Scores: `evaluate.evaluate_dataset` with a predictor returning
-{'point_transfer': ...}, so every benchmark builder is scored under its own protocol (SPair: bbox, α 0.1; PF-*:
-img224 and kp_extent, α .05/.1/.15).
+The point comes back in A's original pixels. Scores: `evaluation.dataset_driver.evaluate_dataset` with a
+predictor returning {'point_transfer': ...}, so every benchmark builder is scored under its own protocol (SPair:
+bbox, α 0.1; PF-*: img224 and kp_extent, α .05/.1/.15).
 
 Command line (tables to --out_dir as results_<method>.txt/.json and to stdout):
   python -m macosnet_jax.zeroshot --weights dinov2_vits14_pretrain.pth --dataset spair71k --data_dir /data/tfds \\
@@ -71,7 +71,7 @@ def transfer_normalized(features_a: jax.Array, features_b: jax.Array, points_b: 
 
 
 class ZeroShotMatcher:
-    """Predictor for `evaluate.evaluate_dataset`: (image_a, image_b uint8) -> {'point_transfer': fn}.
+    """Predictor for `evaluation.dataset_driver.evaluate_dataset`: (image_a, image_b uint8) -> {'point_transfer': fn}.
 
     model, variables: a DinoV2 and its variables (`weights.load_dinov2`); image_size: S, a multiple of 14.
     """
@@ -109,7 +109,9 @@ class ZeroShotMatcher:
 
 def main(argv):
     from absl import flags
-    from macosnet_jax import evaluate, weights
+    from macosnet_jax import weights
+    from macosnet_jax.evaluation.dataset_driver import evaluate_dataset
+    from macosnet_jax.evaluation.tables import write_tables
     f = flags.FLAGS
     if bool(f.weights) == bool(f.random_size):
         raise flags.ValidationError("give exactly one of --weights (an official DINOv2 .pth) or --random_size")
@@ -121,14 +123,14 @@ def main(argv):
                                         jnp.zeros((1, f.image_size, f.image_size, 3), jnp.float32))
     for method in f.method:
         matcher = ZeroShotMatcher(model, variables, f.image_size, method, f.temperature)
-        tables = evaluate.evaluate_dataset(f.dataset, matcher, split=f.split or None, data_dir=f.data_dir or None)
+        tables = evaluate_dataset(f.dataset, matcher, split=f.split or None, data_dir=f.data_dir or None)
         note = (f"zero-shot DINOv2 ({f.weights or 'random ' + f.random_size}), {method}"
                 f"{f' T={f.temperature:g}' if method == 'soft_argmax' else ''}, {f.image_size} px")
         for table in tables.values():
             table.notes.append(note)
             print(table.to_text() + "\n")
         if f.out_dir:
-            evaluate.write_tables(tables, f.out_dir, stem=f"results_{method}")
+            write_tables(tables, f.out_dir, stem=f"results_{method}")
 
 
 def run():

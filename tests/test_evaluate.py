@@ -230,13 +230,17 @@ def test_flo_bad_magic_and_truncated(tmp_path):
 
 def test_dense_flow_identity_translation_and_out_of_image():
     size_a, size_b = (20, 30), (10, 16)
-    flow = evaluate.dense_flow(geometry.IDENTITY_AFFINE, geometry.IDENTITY_TPS, size_b, size_b)
-    assert flow.shape == (10, 16, 2) and flow.dtype == np.float32
-    np.testing.assert_allclose(flow[1:-1, 1:-1], 0.0, atol=1e-4)
+    flow_tps = evaluate.dense_flow(geometry.IDENTITY_AFFINE, geometry.IDENTITY_TPS, size_b, size_b)
+    assert flow_tps.shape == (10, 16, 2) and flow_tps.dtype == np.float32
+    np.testing.assert_allclose(flow_tps[1:-1, 1:-1], 0.0, atol=1e-4)
     # The exact affine identity maps border pixels ONTO the border, not strictly inside -> 1e10 there (as the
-    # reference; the identity TPS is only identity to ~1e-6, so the border check is done on the affine).
+    # reference). The identity TPS is identity only to ~1e-6, so its border pixels land a few ulps on either side
+    # of the border; the tolerance of the inside test makes them invalid too, on every CPU.
     flow = evaluate.dense_flow(geometry.IDENTITY_AFFINE, None, size_b, size_b)
-    assert np.all(flow[0] == 1e10) and np.all(flow[:, -1] == 1e10)
+    border = np.zeros((10, 16), bool)
+    border[[0, -1]], border[:, [0, -1]] = True, True
+    for f in (flow, flow_tps):
+        np.testing.assert_array_equal(np.all(f == 1e10, axis=-1), border)
     np.testing.assert_allclose(flow[1:-1, 1:-1], 0.0, atol=1e-5)
     # Different sizes, affine: source pixel = normalized_to_pixels(target normalised) in A.
     theta = np.array([0.5, 0, 0.1, 0, 0.5, -0.2], np.float32)
@@ -253,6 +257,27 @@ def test_dense_flow_identity_translation_and_out_of_image():
     # Flipping back negates the normalised source x.
     flipped = evaluate.dense_flow(theta, None, size_a, size_b, flip_a=True)
     np.testing.assert_allclose(flipped[..., 0] + xs, (-(0.5 * xn + 0.1) + 1) / 2 * 29 + 1, atol=1e-4)
+
+
+def test_dense_flow_border_decision_is_tolerant():
+    """A prediction within float32 round-off of A's border is outside (1e10) on both sides of it: 'inside A' is
+    decided with geometry.GRID_TOLERANCE, so the last bit of the map (which differs between CPUs) cannot flip it."""
+    size_a, size_b = (20, 30), (4, 5)
+    ys, xs = np.meshgrid(np.arange(1, 5), np.arange(1, 6), indexing="ij")
+
+    def flow_to(x, y, flip_a=False):  # every pixel of B mapped to the same normalised point (x, y) of A
+        return evaluate.dense_flow(np.array([0, 0, x, 0, 0, y], np.float32), None, size_a, size_b, flip_a=flip_a)
+
+    for edge in (-1.0, 1.0):
+        for offset in (-1e-6, -1e-7, 0.0, 1e-7, 1e-6):  # float32(-1 + 1e-7) = -0.99999988 is inside (-1, 1)
+            assert np.all(flow_to(edge + offset, 0.0) == evaluate.FLOW_INVALID), (edge, offset)
+            assert np.all(flow_to(0.0, edge + offset) == evaluate.FLOW_INVALID), (edge, offset)
+            assert np.all(flow_to(-(edge + offset), 0.5, flip_a=True) == evaluate.FLOW_INVALID), (edge, offset)
+    # Clearly inside (1e-4 from the border, 50x the tolerance): the flow to the corner-aligned source pixel.
+    near = 1.0 - 1e-4
+    flow = flow_to(near, -near)
+    np.testing.assert_allclose(flow[..., 0], (near + 1) / 2 * 29 + 1 - xs, atol=1e-3)
+    np.testing.assert_allclose(flow[..., 1], (-near + 1) / 2 * 19 + 1 - ys, atol=1e-3)
 
 
 def test_flow_pck_known_error():

@@ -112,6 +112,18 @@ def test_composed_grid_equals_affine_of_tps_where_valid():
     assert np.all(np.asarray(grid)[~valid] == g.INVALID_COORDINATE)
 
 
+def test_inside_is_strict_by_the_grid_tolerance():
+    """geometry.inside: strictly inside (-1, 1)² by more than GRID_TOLERANCE; points a few ulps from the border
+    (either side) are outside, points 50 tolerances in are inside."""
+    near = 1.0 - 50 * g.GRID_TOLERANCE
+    xs = np.array([-1.0 - 1e-7, -1.0 + 1e-7, -1.0, 1.0 - 1e-7, 1.0 + 1e-7, 1.0 - g.GRID_TOLERANCE / 2, -near, 0.0,
+                   near], np.float32)
+    expected = np.array([False] * 6 + [True] * 3)
+    np.testing.assert_array_equal(np.asarray(g.inside(np.stack([xs, np.zeros_like(xs)], -1))), expected)
+    np.testing.assert_array_equal(np.asarray(g.inside(np.stack([np.zeros_like(xs), xs], -1))), expected)
+    assert g.inside(np.zeros((3, 4, 2), np.float32)).shape == (3, 4)
+
+
 def test_grid_sample_identity_returns_image():
     image = np.random.default_rng(3).normal(size=(9, 13, 3)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(g.grid_sample(image, g.base_grid(9, 13))), image, atol=1e-6)
