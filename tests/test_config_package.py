@@ -38,6 +38,19 @@ def test_pyproject_installs_the_configs_folder_as_macosnet_configs():
     assert setuptools["package-dir"]["macosnet_configs"] == "configs"
 
 
+def test_pyproject_lists_every_sub_package():
+    """The package list is explicit: a sub-package missing from it is missing from a wheel (its imports fail only
+    after installing). Every folder with an __init__.py under macosnet_jax/ and datasets/ must be listed."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set()
+    for folder, name in (("macosnet_jax", "macosnet_jax"), ("datasets", "macosnet_datasets")):
+        for init in (REPO / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(REPO / folder).parts
+            found.add(".".join((name,) + parts))
+    assert "macosnet_jax.evaluation" in found
+    assert found - set(setuptools["packages"]) == set()
+
+
 def test_the_package_holds_every_config_and_the_lookup_uses_it():
     package = _package_dir()
     assert config_files.config_dir().resolve() == package.resolve()
