@@ -107,3 +107,90 @@ def joint_config(arg, *, dataset, num_examples, epochs=60, batch_size=4, eval_da
     config.init_torch.prefix = "matching"
     config.init_prefix = "matching"
     return apply_common_args(config, arg)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DINOv2 backbone (configs/*_dinov2.py): MaCoSNet's joint stage with a DINOv2 ViT as the shared encoder.
+
+# The official checkpoints' sizes (facebookresearch/dinov2 hub models dinov2_vit{s,b,l}14[_reg4], patch 14, a
+# 37x37 positional grid): the vit_* fields of config.model (models/backbones.py). The giant size (SwiGLU FFN) is
+# not a config choice.
+DINOV2_SIZES = {"small": dict(vit_embed_dim=384, vit_depth=12, vit_heads=6),
+                "base": dict(vit_embed_dim=768, vit_depth=12, vit_heads=12),
+                "large": dict(vit_embed_dim=1024, vit_depth=24, vit_heads=16)}
+DINOV2_ARG_SPEC = dict(runlocal=False, data_dir="", init_from="", dinov2="", vit="small", registers=0,
+                       image_size=224, encoder="frozen", encoder_lr=1e-6, lr=1e-4)
+
+
+def parse_dinov2(arg):
+    return experiment_config.parse_config_arg(arg, **DINOV2_ARG_SPEC)
+
+
+def dinov2_model(vit="small", registers=0):
+    """MatchingModel fields of a DINOv2 ViT encoder (official size `vit`, `registers` 0 or 4) with new heads.
+
+    The heads start at the identity (no weakalign stage trained them). At 224 px the correlation lies on the 16x16
+    patch grid: the paper's (7, 5) VALID convs fit it (16 -> 10 -> 6).
+    """
+    if vit not in DINOV2_SIZES:
+        raise ValueError(f"config argument vit={vit!r}: expected one of {sorted(DINOV2_SIZES)}")
+    return dict(backbone="dinov2", **DINOV2_SIZES[vit], vit_registers=int(registers), vit_pos_grid=37,
+                init_identity=True, update_head_batch_stats=True)
+
+
+def dinov2_local_model():
+    """A random ViT that trains on 2 CPU cores: embed 32, depth 2, heads 2 at 56 px (a 4x4 patch grid, its own 4x4
+    positional grid); (3, 2) VALID head convs fit the 4x4 correlation."""
+    return dict(backbone="dinov2", vit_embed_dim=32, vit_depth=2, vit_heads=2, vit_registers=0, vit_pos_grid=4,
+                init_identity=True, regression_channels=(16, 8), regression_kernels=(3, 2),
+                update_head_batch_stats=True)
+
+
+def dinov2_joint_config(arg, *, dataset, num_examples, epochs, batch_size=4):
+    """MaCoSNet joint stage (all five losses of SPEC §6.6; no keypoints, no masks) with a DINOv2 encoder.
+
+    Weights: the official DINOv2 file (`:dinov2=PATH`) into matching/encoder through config.init_torch (layout
+    'dinov2'); heads and decoder start from scratch. The contrastive loss's perceptual network F is the frozen
+    copy of that initial (pretrained) encoder ('strong_encoder'), so no ImageNet ResNet-50 file is needed.
+    Optimizer groups: 'encoder' (the ViT) frozen (`:encoder=frozen`, default) or fine-tuned at `encoder_lr`
+    (`:encoder=finetune`); 'decoder' and the heads at `lr` (Adam).
+    """
+    config = joint_config(parse("image_size=%d" % arg.image_size), dataset=dataset, num_examples=num_examples,
+                          epochs=epochs, batch_size=batch_size)
+    config.model = dinov2_model(arg.vit, arg.registers)
+    config.data.data_dir = arg.data_dir
+    config.evaluation.data_dir = arg.data_dir
+    config.losses.perceptual_net = "strong_encoder"
+    config.losses.perceptual_weights = ""
+    config.optimizer.learning_rate = arg.lr
+    config.optimizer.param_groups = [("(^|/)encoder(/|$)", "encoder"), ("(^|/)decoder(/|$)", "decoder")]
+    config.optimizer.group_lr = {"decoder": arg.lr}
+    if arg.encoder == "frozen":
+        config.optimizer.frozen_groups = ["encoder"]
+    elif arg.encoder == "finetune":
+        config.optimizer.group_lr["encoder"] = arg.encoder_lr
+    else:
+        raise ValueError(f"config argument encoder={arg.encoder!r}: expected frozen or finetune")
+    config.init_torch.update(path=arg.dinov2, layout="dinov2", prefix="matching/encoder")
+    config.init_prefix = "matching"
+    if arg.init_from:
+        config.init_from = arg.init_from
+    if arg.runlocal:
+        shrink_dinov2_for_local_run(config)
+    return config
+
+
+def shrink_dinov2_for_local_run(config):
+    """`:runlocal` of a DINOv2 config: a tiny random ViT at 56 px, 3 steps, one validation on the same tfds data
+    (build the builders' dummy data into `:data_dir`: see the config's docstring)."""
+    config.image_size = 56
+    config.model = dinov2_local_model()
+    config.init_torch.path = ""  # a random ViT: the official weights have another size
+    config.batch_size = 4
+    config.total_steps = 3
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 3
+    config.evaluation.every_steps = 3
+    config.optimizer.lr_boundaries = [2]
+    config.optimizer.lr_multipliers = [0.5]
+    return config

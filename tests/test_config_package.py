@@ -14,7 +14,7 @@ from macosnet_jax import config_files, demo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPECTED = {"demo", "strong_synthetic", "weak_pfpascal", "macosnet_pfpascal", "macosnet_tss", "macosnet_internet",
-            "macosnet_spair"}
+            "macosnet_spair", "macosnet_spair_dinov2", "macosnet_pfpascal_dinov2"}
 
 
 def _package_dir() -> pathlib.Path:
