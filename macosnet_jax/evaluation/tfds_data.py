@@ -1,12 +1,13 @@
 """Loading the prepared tfds builders of macosnet_datasets (`tfds.load(..., download=False)`), as numpy examples.
 
 The benchmarks need a manual download, so a dataset that was never built is a user's error that says how to build
-it (`DatasetNotPreparedError`), raised before any example is read. TensorFlow is imported only here and only when
-called, and never sees the accelerator.
+it (`DatasetNotPreparedError`), raised before any example is read. TensorFlow is imported only when called, configured
+by `data.tf_setup` (it never sees the accelerator).
 """
 from __future__ import annotations
 
 from macosnet_jax import errors
+from macosnet_jax.data import tf_setup
 from macosnet_jax.evaluation.benchmarks import DATASETS
 
 PREPARE_HINT = ("prepare it from the manual download first (see docs/datasets.md)): "
@@ -20,14 +21,10 @@ class DatasetNotPreparedError(errors.UserError, FileNotFoundError):
 
 def tfds_builder(name, data_dir):
     """The tfds builder `name` ('tss', 'pf_willow/macosnet', ...) after registering macosnet_datasets."""
-    import tensorflow as tf
+    tf_setup.tensorflow()  # configured (off the accelerators, threads bounded) before tfds runs anything
     import tensorflow_datasets as tfds
 
     import macosnet_datasets  # noqa: F401  (registers the builders)
-    try:
-        tf.config.set_visible_devices([], "GPU")  # reading examples never needs the accelerator
-    except RuntimeError:
-        pass  # TensorFlow already initialised its devices
     try:
         return tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # noqa: BLE001 - tfds raises several types for an unknown name or config
