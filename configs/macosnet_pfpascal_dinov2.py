@@ -7,8 +7,9 @@ at `encoder_lr`); heads (identity at start) and decoder learn at `lr` (Adam). Im
 Launch:
   macosnet --config configs/macosnet_pfpascal_dinov2.py:dinov2=/w/dinov2_vits14_pretrain.pth,data_dir=/data/tfds \\
       --workdir /runs/pf_dinov2
-Evaluate: macosnet --config configs/macosnet_pfpascal_dinov2.py:data_dir=/data/tfds --workdir /runs/pf_dinov2 \\
-      --mode eval
+Evaluate (test split; training validates on 'validation'):
+  macosnet --config configs/macosnet_pfpascal_dinov2.py:data_dir=/data/tfds --config.evaluation.split=test \\
+      --workdir /runs/pf_dinov2 --mode eval
 CPU smoke run (a random tiny ViT at 56 px on the builder's dummy data, 3 steps):
   python -m macosnet_datasets.build pf_pascal --manual_dir datasets/pf_pascal/dummy_data --data_dir /tmp/tfds_dummy
   macosnet --config configs/macosnet_pfpascal_dinov2.py:runlocal,data_dir=/tmp/tfds_dummy --workdir /tmp/pf_dv2

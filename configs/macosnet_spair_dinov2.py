@@ -8,8 +8,9 @@ epoch with early stop. Images 224 px (16x16 patch grid).
 Launch:
   macosnet --config configs/macosnet_spair_dinov2.py:dinov2=/w/dinov2_vits14_pretrain.pth,data_dir=/data/tfds \\
       --workdir /runs/spair_dinov2
-Evaluate: macosnet --config configs/macosnet_spair_dinov2.py:data_dir=/data/tfds --workdir /runs/spair_dinov2 \\
-      --mode eval
+Evaluate (test split; training validates on 'validation'):
+  macosnet --config configs/macosnet_spair_dinov2.py:data_dir=/data/tfds --config.evaluation.split=test \\
+      --workdir /runs/spair_dinov2 --mode eval
 Zero-shot baseline (same encoder, no training):
   python -m macosnet_jax.zeroshot --weights /w/dinov2_vits14_pretrain.pth --dataset spair71k --data_dir /data/tfds
 CPU smoke run (a random tiny ViT at 56 px on the builder's dummy data, 3 steps, pairs: no transitivity):
