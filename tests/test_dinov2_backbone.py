@@ -101,6 +101,21 @@ def test_official_weights_load_into_the_joint_models_encoder_and_its_perceptual_
         np.testing.assert_array_equal(got, want)
 
 
+def test_official_weights_load_into_the_weak_stages_matching_model():
+    """The weak stage trains a bare MatchingModel: the same file goes under prefix 'encoder'."""
+    config = _joint_config()
+    config.stage = "weak"
+    config.init_torch.prefix = "encoder"
+    stage = train.build_stage(config)
+    state = train.initial_state(config, stage, train.make_optimizer(config.optimizer),
+                                train.make_mesh(jax.devices()[:1]))
+    with np.load(FIXTURES / "vit_tiny.npz") as f:
+        qkv, pos = f["blocks.2.attn.qkv.weight"], f["pos_embed"]
+    encoder = state.params["encoder"]
+    np.testing.assert_array_equal(encoder["blocks_2"]["attn"]["qkv"]["kernel"], qkv.T)
+    np.testing.assert_array_equal(encoder["pos_embed"], pos)
+
+
 def test_a_checkpoint_of_another_size_is_a_clear_error():
     config = _joint_config(vit_depth=2)
     load = train.build_stage(config).load_torch
