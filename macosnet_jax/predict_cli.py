@@ -20,14 +20,6 @@ Collection mode (a folder of images of one category):
   Each image's mask is the mean of its sigma(M) over partner images of the folder
   (evaluation.coseg_driver.collection_masks).
 
-Image reading rule (any size and file format Pillow reads; pixels are taken as stored, EXIF rotation is not
-applied, so point coordinates refer to the file's pixel grid): 8-bit RGB as is; grey, palette, CMYK, YCbCr
-converted to RGB (grey replicated); images with transparency (RGBA, LA, palette with transparency) composited
-over white; 16-bit integer images (PNG 'I;16', 'I') scaled to 0..255 by v / 257 (rounded) so full range maps to
-full range; float images ('F') taken as 0..1 if their maximum is <= 1 (then x 255), else clipped to 0..255.
-A missing or unreadable file stops the command with an error that names it; in collection mode every image is
-read first and all the unreadable ones are listed (`--skip-bad` goes on without them).
-
 Errors a user can fix (paths, images, a checkpoint that does not fit) are one line `macosnet-predict: error: ...`
 with exit status 2, reported before the model is built, and nothing is written; `--verbose` (or
 MACOSNET_VERBOSE=1) shows the traceback.
@@ -35,7 +27,6 @@ MACOSNET_VERBOSE=1) shows the traceback.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import pathlib
@@ -44,134 +35,16 @@ import sys
 
 import numpy as np
 
-from macosnet_jax import errors
+from macosnet_jax import errors, user_files
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 PROG = "macosnet-predict"
 
 
-class CliError(errors.UserError):
-    """A problem with the user's input (paths, files, arguments): reported as one line, exit status 2."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Reading inputs.
-
-
-def _to_rgb_uint8(image, path):
-    """A Pillow image -> uint8 (H, W, 3) by the rule in the module docstring."""
-    from PIL import Image  # noqa: PLC0415
-
-    mode = image.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        values = np.asarray(image, dtype=np.float64)
-        grey = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    if mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        values = np.where(np.isfinite(values), values, 0.0)
-        if values.size and values.max() <= 1.0:
-            values = values * 255.0
-        grey = np.clip(np.round(values), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    if mode == "P" and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), np.uint8)
-    return np.asarray(image.convert("RGB"), np.uint8)
-
-
-def load_image(path):
-    """Reads an image file -> uint8 (H, W, 3) RGB. Raises CliError naming the file if it is missing or unreadable."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
-
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise CliError(f"image file not found: {path}")
-    if not path.is_file():
-        raise CliError(f"not an image file (is it a folder?): {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            array = _to_rgb_uint8(image, path)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise CliError(f"cannot read image {path}: {error}") from error
-    if array.ndim != 3 or array.shape[0] < 2 or array.shape[1] < 2:
-        raise CliError(f"image {path} is too small or malformed: decoded shape {array.shape}")
-    return array
-
-
-def load_points(path):
-    """B's points from a JSON or CSV file -> (P, 2) float64 xy 1-indexed pixels (see the module docstring)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise CliError(f"points file not found: {path}")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-            rows = data["points"] if isinstance(data, dict) else data
-        else:
-            rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
-            if rows and not _is_number(rows[0][0]):
-                rows = rows[1:]  # header
-            rows = [[float(c) for c in r[:2]] for r in rows]
-        points = np.asarray(rows, np.float64)
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as error:
-        raise CliError(f"cannot read points from {path}: {error}") from error
-    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] == 0:
-        raise CliError(f"points file {path} must hold a non-empty list of [x, y] pairs; got shape {points.shape}")
-    return points
-
-
-def read_collection(folder, skip_bad=False):
-    """The images of a collection folder, every one read before any is used -> (files, uint8 (H, W, 3) images).
-
-    CliError listing every unreadable image (and why), unless `skip_bad`: then they are left out with a warning on
-    stderr naming them. CliError when no readable image remains.
-    """
-    files = list_collection(folder)
-    good, images, bad = [], [], []
-    for path in files:
-        try:
-            images.append(load_image(path))
-            good.append(path)
-        except CliError as error:
-            bad.append(str(error))
-    if bad and not skip_bad:
-        raise CliError(f"{len(bad)} of {len(files)} images in {folder} cannot be used ({'; '.join(bad)}); fix or "
-                       "remove them, or pass --skip-bad to go on without them")
-    if bad:
-        print(f"{PROG}: warning: skipping {len(bad)} unreadable images ({'; '.join(bad)})", file=sys.stderr)
-    if not good:
-        raise CliError(f"none of the {len(files)} images in collection folder {folder} can be read")
-    return good, images
-
-
-def _is_number(text):
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def list_collection(folder):
-    """Sorted image files of a folder (by extension); CliError if it is missing or holds none."""
-    folder = pathlib.Path(folder)
-    if not folder.is_dir():
-        raise CliError(f"collection folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise CliError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in collection folder {folder}")
-    stems = [p.stem for p in files]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:  # outputs are named by stem: two files would write the same mask
-        raise CliError(f"collection folder {folder} has several images named {', '.join(duplicates)} "
-                       "(different extensions); rename them")
-    return files
+# Errors about the user's input (paths, files, arguments): one line, exit status 2.
+CliError = user_files.InputError
+load_image, load_points = user_files.load_image, user_files.load_points
+read_collection, list_collection = user_files.read_collection, user_files.list_collection
+IMAGE_EXTENSIONS = user_files.IMAGE_EXTENSIONS
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -377,7 +250,7 @@ def _int_tuple(text):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:] + [user_files.READING_RULE]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image_a", nargs="?", help="source image A (the image B's points are transferred into)")
     parser.add_argument("image_b", nargs="?", help="target image B")

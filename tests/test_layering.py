@@ -18,7 +18,7 @@ LAYERS = [
     ("losses", ["losses"]),
     ("stages", ["data", "experiment_config", "stage_api", "stages"]),
     ("training", ["training", "train", "checkpoint", "preemption"]),
-    ("evaluation", ["evaluate", "evaluation", "predict", "zeroshot", "visualize"]),
+    ("evaluation", ["evaluate", "evaluation", "predict", "zeroshot", "visualize", "user_files"]),
     ("entry points", ["main", "demo", "demo_report", "predict_cli"]),
 ]
 
