@@ -1,17 +1,22 @@
-"""Times the train steps with each convolution form, interleaved in one process, and prints the ratios.
+"""Times the train steps with the model's CPU-fast forms on and off, interleaved in one process; prints ratios.
 
   python benchmarks/bench_conv_forms.py --scale demo                       # demo strong (b8) and joint (b4)
+  python benchmarks/bench_conv_forms.py --scale demo --variants all,all-pool
   python benchmarks/bench_conv_forms.py --scale paper --stages weak --batch 1 --runs 2
 
-The model writes two kinds of convolution as matrix products (same parameters as nn.Conv):
-  head  the regression heads' VALID convs as patches x matrix (models.regression.ValidConv)
-  1x1   the ResNet's 1x1 convs (bottleneck conv1/conv3, downsample) as einsum (models.resnet.Conv1x1)
-This script builds the same step three times — 'conv' (both as nn.Conv, by substituting nn.Conv for those modules
-while the step is traced), 'head' (only the heads as matrix products), 'head+1x1' (the model as it is) — and
-times them in turns (run r of every variant, then run r + 1), so a machine whose load changes during the run
-slows every variant alike. Per row: the median and min of `--runs` steps after one warm-up step, and the ratio
-of each median to the 'conv' median. Loads average before and after are printed: on a shared machine the ratios
-are the numbers to compare, not the milliseconds.
+The package writes some operations in forms XLA CPU runs faster than the plain ones, with the same parameters and
+the same numbers up to float round-off. The forms (FORMS), each with the plain form it replaces:
+  head  the regression heads' VALID convs as patches x matrix (models.regression.ValidConv; plain: nn.Conv)
+  1x1   the ResNet's 1x1 convs (bottleneck conv1/conv3, downsample) as einsum (models.resnet.Conv1x1; nn.Conv)
+  pool  the stem's 3x3/2 max-pool on stride-2 phases with its own VJP (models.resnet.max_pool_3x3_s2;
+        nn.max_pool)
+A variant names the forms it keeps: 'all' (the model as it is), 'conv' (none: every form plain), 'A+B' (only A
+and B), 'all-A' (all but A). Each variant's step is traced with its forms (the plain ones substituted while it is
+traced), and the variants are timed in turns (run r of every variant, then run r + 1), so a machine whose load
+changes during the run slows every variant alike. Per row: the median and min of `--runs` steps after one warm-up
+step, and the ratio of each median to the first variant's; then the median process CPU time of a step (all
+threads; other processes on a loaded machine inflate it less than the wall time) and its ratio. Load averages before and after are printed: on a shared
+machine the ratios are the numbers to compare, not the milliseconds.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import bench_steps  # noqa: E402  (the sibling script: configs and random batches)
 
-VARIANTS = ("conv", "head", "head+1x1")
+DEFAULT_VARIANTS = ("all", "all-pool", "conv")
 
 
 def _lax_valid_conv(features, kernel_size, precision=None, name=None):
@@ -41,19 +46,50 @@ def _lax_conv1x1(features, stride=1, precision=None, name=None):
                    precision=precision, name=name)
 
 
+def _flax_max_pool(x):
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def _forms():
+    """form name -> (module, attribute, plain replacement)."""
+    from macosnet_jax.models import regression, resnet
+    return {"head": (regression, "ValidConv", _lax_valid_conv),
+            "1x1": (resnet, "Conv1x1", _lax_conv1x1),
+            "pool": (resnet, "max_pool_3x3_s2", _flax_max_pool)}
+
+
+def kept_forms(variant: str, names) -> set:
+    """The forms a variant keeps (see the module docstring)."""
+    if variant == "all":
+        return set(names)
+    if variant == "conv":
+        return set()
+    if variant.startswith("all-"):
+        dropped = set(variant[4:].split("-"))
+        kept = set(names) - dropped
+    else:
+        dropped = set()
+        kept = set(variant.split("+"))
+    unknown = (kept | dropped) - set(names)
+    if unknown:
+        raise SystemExit(f"variant {variant!r}: unknown forms {sorted(unknown)} (forms: {sorted(names)})")
+    return kept
+
+
 @contextlib.contextmanager
 def conv_forms(variant: str):
-    """While active, the model traces with the convolution forms of `variant` (see the module docstring)."""
-    from macosnet_jax.models import regression, resnet
-    saved = regression.ValidConv, resnet.Conv1x1
-    if variant == "conv":
-        regression.ValidConv = _lax_valid_conv
-    if variant in ("conv", "head"):
-        resnet.Conv1x1 = _lax_conv1x1
+    """While active, the model traces with the forms of `variant` (see the module docstring)."""
+    forms = _forms()
+    kept = kept_forms(variant, forms)
+    saved = {name: getattr(module, attr) for name, (module, attr, _) in forms.items()}
+    for name, (module, attr, plain) in forms.items():
+        if name not in kept:
+            setattr(module, attr, plain)
     try:
         yield
     finally:
-        regression.ValidConv, resnet.Conv1x1 = saved
+        for name, (module, attr, _) in forms.items():
+            setattr(module, attr, saved[name])
 
 
 def build(scale: str, stage_name: str, batch: int | None, variant: str):
@@ -82,28 +118,33 @@ def main():
     parser.add_argument("--stages", default="strong,joint", help="comma-separated: strong, weak (paper), joint")
     parser.add_argument("--batch", type=int, default=0, help="override the configs' batch size (0: keep)")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     print(f"backend {jax.default_backend()}, jax {jax.__version__}, load average {os.getloadavg()}")
     print(f"{'scale':6s} {'stage':7s} {'batch':>5s} {'variant':>9s} {'compile s':>9s} {'median ms':>10s} "
-          f"{'min ms':>9s} {'/ conv':>7s} {'loss':>9s}")
+          f"{'min ms':>9s} {'/ first':>7s} {'cpu ms':>8s} {'/ first':>7s} {'loss':>9s}")
     for name in args.stages.split(","):
         built = {v: list(build(args.scale, name, args.batch or None, v)) for v in variants}
         times = {v: [] for v in variants}
+        cpu_times = {v: [] for v in variants}
         for _ in range(args.runs):
             for v in variants:
                 step_fn, state, batch_arrays = built[v][:3]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 state, metrics = step_fn(state, batch_arrays)
                 jax.block_until_ready(metrics)
                 times[v].append(time.perf_counter() - t0)
+                cpu_times[v].append(time.process_time() - c0)
                 built[v][1], built[v][4] = state, metrics
         base = float(np.median(times[variants[0]]))
+        cpu_base = float(np.median(cpu_times[variants[0]]))
         for v in variants:
-            median = float(np.median(times[v]))
+            median, cpu = float(np.median(times[v])), float(np.median(cpu_times[v]))
             print(f"{args.scale:6s} {name:7s} {built[v][5]:5d} {v:>9s} {built[v][3]:9.1f} {1e3 * median:10.1f} "
-                  f"{1e3 * min(times[v]):9.1f} {median / base:7.2f} {float(built[v][4]['loss']):9.4f}", flush=True)
+                  f"{1e3 * min(times[v]):9.1f} {median / base:7.2f} {1e3 * cpu:8.1f} {cpu / cpu_base:7.2f} "
+                  f"{float(built[v][4]['loss']):9.4f}", flush=True)
     print(f"load average after {os.getloadavg()} (ratios are against the first variant, '{variants[0]}')")
 
 

@@ -43,6 +43,28 @@ def test_maxpool_pads_with_minus_infinity():
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 7, 5, 2), (3, 1, 2, 4)])
+@pytest.mark.parametrize("values", ["normal", "ties"])
+def test_maxpool_matches_flax_max_pool_and_its_gradient(shape, values):
+    # Reference: nn.max_pool (reduce_window; its gradient is XLA's select-and-scatter: the first maximum of each
+    # window in row-major order gets it). 'ties': small integers, so most windows hold several maxima, and odd
+    # sizes, so the -inf pad ends the last window.
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(size=shape) if values == "normal" else rng.integers(-2, 3, size=shape)
+    x = jnp.asarray(x, jnp.float32)
+
+    def plain(x):
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    want = plain(x)
+    cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    np.testing.assert_array_equal(resnet.max_pool_3x3_s2(x), want)
+    np.testing.assert_array_equal(jax.jit(resnet.max_pool_3x3_s2)(x), want)
+    np.testing.assert_array_equal(jax.jit(lambda x: jax.vjp(resnet.max_pool_3x3_s2, x)[0])(x), want)  # fwd rule
+    grad_want = jax.grad(lambda x: jnp.sum(plain(x) * cotangent))(x)
+    grad_got = jax.jit(jax.grad(lambda x: jnp.sum(resnet.max_pool_3x3_s2(x) * cotangent)))(x)
+    np.testing.assert_allclose(grad_got, grad_want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("depth,last_layer,width,channels", [
     (18, "layer3", 8, 32), (34, "layer2", 8, 16), (50, "layer4", 4, 128), (18, "stem", 8, 8)])
 def test_shapes_and_channels(depth, last_layer, width, channels):

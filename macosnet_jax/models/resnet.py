@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 # depth -> (block kind, blocks per layer). torchvision's table.
@@ -132,9 +133,82 @@ class Bottleneck(nn.Module):
         return nn.relu(x + y)
 
 
+# The 3x3 window's taps (row, column) in row-major order: the order in which torch's max-pool backward (and XLA's
+# select-and-scatter) look for the first maximum.
+_POOL_TAPS = tuple((i, j) for i in range(3) for j in range(3))
+
+
+def _pool_phases(x):
+    """x (B, H, W, C) padded with -inf to (2·oh + 2, 2·ow + 2) and split into stride-2 phases:
+    (B, oh + 1, 2, ow + 1, 2, C) with oh, ow = ceil(H / 2), ceil(W / 2). Padded row 2r + a is [:, r, a]."""
+    b, h, w, c = x.shape
+    oh, ow = (h + 1) // 2, (w + 1) // 2
+    xp = jnp.pad(x, ((0, 0), (1, 2 * oh + 1 - h), (1, 2 * ow + 1 - w), (0, 0)), constant_values=-jnp.inf)
+    return xp.reshape(b, oh + 1, 2, ow + 1, 2, c)
+
+
+def _pool_tap(phases, i: int, j: int):
+    """Window tap (i, j) of every output: padded pixel (2y + i, 2x + j) -> (B, oh, ow, C), a plain slice."""
+    oh, ow = phases.shape[1] - 1, phases.shape[3] - 1
+    return phases[:, i // 2:i // 2 + oh, i % 2, j // 2:j // 2 + ow, j % 2, :]
+
+
+def _pool_forward(x):
+    phases = _pool_phases(x)
+    y = _pool_tap(phases, 0, 0)
+    for i, j in _POOL_TAPS[1:]:
+        y = jnp.maximum(y, _pool_tap(phases, i, j))
+    return y
+
+
+@jax.custom_vjp
 def max_pool_3x3_s2(x):
-    """torch MaxPool2d(3, 2, padding=1): flax pads max_pool with -inf, so the pad never wins. (B,H,W,C)."""
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    """torch MaxPool2d(3, 2, padding=1) (pads with -inf, so the pad never wins): (B, H, W, C) -> (B, ⌈H/2⌉, ⌈W/2⌉, C).
+
+    The same values as `nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))`, and the same gradient: each output's
+    gradient goes to the first maximum of its window in row-major order (torch's and XLA's rule for ties). Why
+    not nn.max_pool: XLA CPU runs its backward (select-and-scatter) several times slower than the demo's
+    convolutions around it. Here the stride-2 windows are plain slices of four phase arrays: the forward is a
+    chain of maxima (under differentiation one reduction that also records each window's first-maximum tap, int8),
+    and the backward routes the gradient by that tap with selects and pads (benchmarks/bench_conv_forms.py).
+    """
+    return _pool_forward(x)
+
+
+def _first_max(a, b):
+    """Reducer of (value, tap) pairs: the larger value, the earlier tap among equal values."""
+    (a_value, a_tap), (b_value, b_tap) = a, b
+    keep_a = (a_value > b_value) | ((a_value == b_value) & (a_tap < b_tap))
+    return jnp.where(keep_a, a_value, b_value), jnp.where(keep_a, a_tap, b_tap)
+
+
+def _max_pool_fwd(x):
+    # One variadic reduction over the nine taps gives each window's maximum and the tap (0..8) of its first
+    # maximum. As a reduction XLA computes it once: a chain of compare-selects would be fused into the backward
+    # and recomputed for every pixel that reads the window (up to four).
+    phases = _pool_phases(x)
+    taps = jnp.stack([_pool_tap(phases, i, j) for i, j in _POOL_TAPS], axis=0)
+    tap_index = jax.lax.broadcasted_iota(jnp.int8, taps.shape, 0)
+    init = (jnp.array(-jnp.inf, x.dtype), jnp.array(0, jnp.int8))
+    y, first = jax.lax.reduce((taps, tap_index), init, _first_max, (0,))
+    return y, (first, x.shape)
+
+
+def _max_pool_bwd(residuals, g):
+    first, (b, h, w, c) = residuals
+    sums = {}
+    for k, (i, j) in enumerate(_POOL_TAPS):
+        # Back onto its phase array (B, oh + 1, ow + 1, C): tap row i of output row y is phase row y + i // 2.
+        part = jnp.pad(jnp.where(first == k, g, 0.0), ((0, 0), (i // 2, 1 - i // 2), (j // 2, 1 - j // 2), (0, 0)))
+        key = (i % 2, j % 2)
+        sums[key] = part if key not in sums else sums[key] + part
+    rows = [jnp.stack([sums[(a, 0)], sums[(a, 1)]], axis=3) for a in (0, 1)]  # (B, oh + 1, ow + 1, 2, C)
+    oh, ow = first.shape[1:3]
+    padded = jnp.stack(rows, axis=2).reshape(b, 2 * oh + 2, 2 * ow + 2, c)
+    return (padded[:, 1:1 + h, 1:1 + w, :],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def global_pool_features(x):
