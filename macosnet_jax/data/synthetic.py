@@ -20,8 +20,8 @@ rendered by a jitted jax function vmapped over a fixed-size chunk, where XLA fus
   alike, the situation the paper's foreground-weighted matching addresses).
 
 Coordinates follow SPEC §1: normalised corner-aligned [-1, 1]; keypoints are 1-indexed pixels (P, 2) xy.
-The generating map of an instance is image point q -> canonical point u = A^-1 (D(q) - t) with D(q) = q + d(q);
-landmarks are placed by inverting it (|grad d| < 0.2: a contraction, so a fixed-point iteration converges).
+An instance's pose (the generating map image point q -> canonical point u = A^-1 (D(q) - t), D(q) = q + d(q),
+and its inverse that places the landmarks) is `data/poses.py`.
 """
 from __future__ import annotations
 
@@ -33,13 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from macosnet_jax import geometry
+from macosnet_jax.data import poses
+from macosnet_jax.data.poses import canonical_to_image, image_to_canonical, inverse_2x2  # noqa: F401 (public here too)
 
 NUM_LANDMARKS = 10
 _NUM_HARMONICS = 5  # outline harmonics k = 2..6
 _FAMILY_SEED = 0x5EED  # families are the same for every dataset seed: train and test share categories
 _MAX_CLUTTER = 18
 _MAX_DISTRACTORS = 2
-_DEFORM_TERMS = 2
 _LANDMARK_RADIUS = 0.8  # boundary landmarks sit at 0.8 R(phi): strictly inside the object, a few pixels from its edge
 _BACKDROP_BLOBS = 8
 BACKGROUNDS = ("clutter", "backdrop")
@@ -142,21 +143,6 @@ def _hsv_to_rgb(h, s, v):
 # Per-image random parameters (one small RNG per (seed, index): any subset of indices renders identically).
 
 
-def _pose(rng, scale_range, shift, rotation, deform_amp):
-    """A canonical->image affine A (2, 2), t (2,) and a displacement field d (amp (T, 2), freq (T, 2, 2), phase (T, 2))."""
-    angle = rng.uniform(-rotation, rotation)
-    scale = rng.uniform(*scale_range)
-    aspect = np.exp(rng.uniform(-0.2, 0.2))
-    shear = rng.uniform(-0.15, 0.15)
-    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    matrix = scale * rot @ np.array([[aspect, shear], [0.0, 1.0 / aspect]])
-    t = rng.uniform(-shift, shift, 2)
-    amp = rng.uniform(-deform_amp, deform_amp, (_DEFORM_TERMS, 2))
-    freq = rng.uniform(-1.0, 1.0, (_DEFORM_TERMS, 2, 2)) * np.pi / np.sqrt(2.0)  # |freq row| <= pi
-    phase = rng.uniform(-np.pi, np.pi, (_DEFORM_TERMS, 2))
-    return matrix, t, amp, freq, phase
-
-
 def _draw_image_params(seed, index, num_categories, families):
     """All random parameters of image `index` as a flat dict of float32/int32 arrays (one RNG per (seed, index))."""
     rng = np.random.default_rng([seed, index, 0xDA7A])
@@ -164,7 +150,7 @@ def _draw_image_params(seed, index, num_categories, families):
     p = {"category": category}
     # Rotation ±15° and scale 0.45-0.6 per instance: the relative pose of two instances then stays mostly inside the
     # strong stage's training range (SPEC §6.7), which is what lets a weak stage start from it.
-    p["matrix"], p["t"], p["amp"], p["freq"], p["phase"] = _pose(rng, (0.45, 0.6), 0.22, np.pi / 12, 0.03)
+    p["matrix"], p["t"], p["amp"], p["freq"], p["phase"] = poses.draw_pose(rng, (0.45, 0.6), 0.22, np.pi / 12, 0.03)
     p["texture"] = rng.integers(0, 3)
     p["texture_dir"] = rng.uniform(-np.pi, np.pi)
     p["texture_freq"] = families.texture_freq[category] * rng.uniform(0.85, 1.15)
@@ -189,9 +175,9 @@ def _draw_image_params(seed, index, num_categories, families):
     n_distract = rng.integers(1, _MAX_DISTRACTORS + 1) if num_categories > 1 else 0
     p["d_active"] = np.arange(_MAX_DISTRACTORS) < n_distract
     p["d_category"] = (category + rng.integers(1, max(num_categories, 2), _MAX_DISTRACTORS)) % num_categories
-    poses = [_pose(rng, (0.18, 0.3), 0.85, np.pi, 0.0) for _ in range(_MAX_DISTRACTORS)]
+    distractor_poses = [poses.draw_pose(rng, (0.18, 0.3), 0.85, np.pi, 0.0) for _ in range(_MAX_DISTRACTORS)]
     for i, key in enumerate(("matrix", "t", "amp", "freq", "phase")):
-        p["d_" + key] = np.stack([pose[i] for pose in poses])
+        p["d_" + key] = np.stack([pose[i] for pose in distractor_poses])
     p["d_texture"] = rng.integers(0, 3, _MAX_DISTRACTORS)
     p["d_texture_dir"] = rng.uniform(-np.pi, np.pi, _MAX_DISTRACTORS)
     p["d_jitter"] = rng.uniform(-25, 25, (_MAX_DISTRACTORS, 3))
@@ -200,43 +186,12 @@ def _draw_image_params(seed, index, num_categories, families):
     p["noise_seed"] = rng.integers(0, 2**31)
     # Where this image sees its category's scene: its own rotation, scale and shift, independent of the object's
     # pose (drawn last, so the other parameters are the same with either background).
-    p["bk_matrix"], p["bk_t"] = _pose(rng, (0.55, 0.85), 0.35, np.pi / 9, 0.0)[:2]
+    p["bk_matrix"], p["bk_t"] = poses.draw_pose(rng, (0.55, 0.85), 0.35, np.pi / 9, 0.0)[:2]
     return {k: np.asarray(v, np.int32 if np.asarray(v).dtype.kind in "iub" else np.float32) for k, v in p.items()}
 
 
 def _unit(angle):
     return np.stack([np.cos(angle), np.sin(angle)], axis=-1)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The generating map (single instance; numpy or jax arrays).
-
-
-def _displacement(q, amp, freq, phase):
-    """d(q) = sum_j amp_j sin(freq_j q + phase_j) per coordinate. q (..., 2); amp, phase (T, 2); freq (T, 2, 2)."""
-    arg = jnp.einsum("...c,tdc->...td", q, freq) + phase  # (..., T, 2)
-    return jnp.sum(amp * jnp.sin(arg), axis=-2)
-
-
-def inverse_2x2(matrix):
-    """Closed-form inverse of a (2, 2) matrix (jnp.linalg.inv lowers to an LU solve that costs seconds of compile)."""
-    a, b, c, d = matrix[0, 0], matrix[0, 1], matrix[1, 0], matrix[1, 1]
-    return jnp.stack([jnp.stack([d, -b]), jnp.stack([-c, a])]) / (a * d - b * c)
-
-
-def image_to_canonical(q, matrix, t, amp, freq, phase):
-    """The generating map of one instance: image points q (..., 2) -> canonical points u = A^-1 (D(q) - t)."""
-    inv = inverse_2x2(jnp.asarray(matrix))
-    return (q + _displacement(q, amp, freq, phase) - t) @ inv.T
-
-
-def canonical_to_image(u, matrix, t, amp, freq, phase, iterations=40):
-    """Inverse of `image_to_canonical` for points u (P, 2): solves q + d(q) = A u + t by fixed-point iteration.
-
-    The displacement's Lipschitz constant is <= 2 * 0.03 * pi < 0.2, so 40 iterations reach float precision.
-    """
-    y = u @ jnp.asarray(matrix).T + t
-    return jax.lax.fori_loop(0, iterations, lambda _, q: y - _displacement(q, amp, freq, phase), y)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,7 +216,7 @@ def _square_wave(x):
 
 def _object_layer(q, fam, category, pose, texture, texture_dir, texture_freq, jitter, texture_phase):
     """Colours (S, S, 3) and coverage (S, S) bool of one object with pose (matrix, t, amp, freq, phase)."""
-    u = image_to_canonical(q, *pose)
+    u = poses.image_to_canonical(q, *pose)
     r = jnp.sqrt(jnp.sum(u * u, axis=-1))
     safe = jnp.maximum(r, 1e-12)
     radius = _outline_radius_jnp(fam, category, jnp.where(r > 0, u[..., 0] / safe, 1.0), u[..., 1] / safe)
@@ -302,7 +257,7 @@ def _backdrop_layer(q, fam, category, matrix, t):
     A two-colour pattern (the sign of two gratings) with coloured, dark-rimmed blobs, all in the backdrop frame
     v = A^-1 (q - t): the same scene in every image of the category, moving independently of the object.
     """
-    v = (q - t) @ inverse_2x2(jnp.asarray(matrix)).T
+    v = (q - t) @ poses.inverse_2x2(jnp.asarray(matrix)).T
     freq = fam["backdrop_freq"][category]  # (2, 2)
     pattern = _square_wave(v @ freq[0]) * _square_wave(v @ freq[1]) > 0
     palette = fam["backdrop_palette"][category]
@@ -343,7 +298,7 @@ def _render_one(p, fam, q, background="clutter"):
     for j in range(_MAX_DISTRACTORS + 1):
         image = jnp.where((covers[j] & active[j])[..., None], colors[j], image)
     mask = covers[-1]
-    landmarks = canonical_to_image(fam["landmarks"][p["category"]], *pose)
+    landmarks = poses.canonical_to_image(fam["landmarks"][p["category"]], *pose)
     return image, mask, landmarks
 
 

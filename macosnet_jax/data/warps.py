@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from macosnet_jax import geometry
-from macosnet_jax.data import sources, synthetic
+from macosnet_jax.data import poses, sources
 from macosnet_jax.data.batches import WarpPairBatch
 from macosnet_jax.data.sources import load_image_folder, process_slice  # noqa: F401  (importable from here too)
 
@@ -80,7 +80,7 @@ def invert_points(theta, points, iterations=12):
         def step(q, _):
             jac = jax.jacfwd(lambda x: theta_points(theta, x[None])[0])(q)
             residual = theta_points(theta, q[None])[0] - p
-            return q - synthetic.inverse_2x2(jac) @ residual, None
+            return q - poses.inverse_2x2(jac) @ residual, None
 
         q, _ = jax.lax.scan(step, p, None, length=iterations)
         return q
