@@ -10,6 +10,8 @@ the same numbers up to float round-off. The forms (FORMS), each with the plain f
   1x1   the ResNet's 1x1 convs (bottleneck conv1/conv3, downsample) as einsum (models.resnet.Conv1x1; nn.Conv)
   pool  the stem's 3x3/2 max-pool on stride-2 phases with its own VJP (models.resnet.max_pool_3x3_s2;
         nn.max_pool)
+  guard the train step's NaN guard as a cond around the update (train._apply_if_finite; plain: a where() between
+        the old and the new state)
 A variant names the forms it keeps: 'all' (the model as it is), 'conv' (none: every form plain), 'A+B' (only A
 and B), 'all-A' (all but A). Each variant's step is traced with its forms (the plain ones substituted while it is
 traced), and the variants are timed in turns (run r of every variant, then run r + 1), so a machine whose load
@@ -50,12 +52,19 @@ def _flax_max_pool(x):
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
+def _where_apply_if_finite(finite, state, grads, batch_stats):
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return jax.tree.map(lambda n, o: jax.numpy.where(finite, n, o), new_state, state)
+
+
 def _forms():
     """form name -> (module, attribute, plain replacement)."""
+    from macosnet_jax import train
     from macosnet_jax.models import regression, resnet
     return {"head": (regression, "ValidConv", _lax_valid_conv),
             "1x1": (resnet, "Conv1x1", _lax_conv1x1),
-            "pool": (resnet, "max_pool_3x3_s2", _flax_max_pool)}
+            "pool": (resnet, "max_pool_3x3_s2", _flax_max_pool),
+            "guard": (train, "_apply_if_finite", _where_apply_if_finite)}
 
 
 def kept_forms(variant: str, names) -> set:
@@ -119,7 +128,7 @@ def main():
     parser.add_argument("--batch", type=int, default=0, help="override the configs' batch size (0: keep)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool)")
+                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool, guard)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     print(f"backend {jax.default_backend()}, jax {jax.__version__}, load average {os.getloadavg()}")

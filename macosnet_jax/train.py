@@ -91,6 +91,17 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def _apply_if_finite(finite: jax.Array, state: TrainState, grads, batch_stats) -> TrainState:
+    """The state after the update, or `state` itself when `finite` is false (the NaN guard).
+
+    A cond with the update inside, not a where() over both states: XLA then updates the donated state buffers in
+    place, whereas selecting between the old and the new state kept the old one alive next to its update and
+    made XLA copy every optimizer-state buffer each step (and run the select over the whole state).
+    """
+    return jax.lax.cond(finite, lambda s: s.apply_gradients(grads=grads, batch_stats=batch_stats),
+                        lambda s: s, state)
+
+
 def make_train_step(stage: Stage, mesh: Mesh, seed: int) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The jitted data-parallel step: (state, global batch) -> (state, metrics).
 
@@ -105,9 +116,7 @@ def make_train_step(stage: Stage, mesh: Mesh, seed: int) -> Callable[[TrainState
         (loss, (new_batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, state.frozen,
                                                             batch, rng)
         finite = jnp.isfinite(loss) & _all_finite(grads)
-        new_state = state.apply_gradients(grads=grads, batch_stats=new_batch_stats)
-        # Keep the old state on a non-finite step: where() rather than cond, both sides are already computed.
-        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        new_state = _apply_if_finite(finite, state, grads, new_batch_stats)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                        finite=finite.astype(jnp.float32))
         return new_state, metrics

@@ -207,6 +207,28 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
 
+@pytest.mark.parametrize("poison", [0.0, 1.0])
+def test_step_keeps_the_state_on_a_non_finite_step_and_updates_it_otherwise(poison):
+    # Reference: the update computed outside the step (state.apply_gradients on jax.grad of the loss), and the
+    # unchanged state for a poisoned batch (NaN loss): params, optimizer state, step count and BN statistics.
+    config = tw.toy_config(nan_at=0)
+    stage = tw.build_toy_stage(config)
+    tx = train.make_optimizer(config.optimizer)
+    mesh = train.make_mesh(jax.devices()[:1])
+    state = jax.jit(lambda r: train.create_train_state(stage, tx, r))(jax.random.key(0))
+    batch = dict(tw.toy_batch(0, 0, 0, 1, 8), poison=np.full((8,), poison, np.float32))
+    grads, (batch_stats, _) = jax.grad(stage.loss_fn, has_aux=True)(state.params, state.batch_stats, state.frozen,
+                                                                     batch, None)
+    want = state.apply_gradients(grads=grads, batch_stats=batch_stats) if not poison else state
+    want = jax.device_get(want)
+    got, metrics = train.make_train_step(stage, mesh, seed=0)(jax.tree.map(jnp.copy, state),
+                                                              train.global_batch(batch, mesh))
+    assert float(metrics["finite"]) == (0.0 if poison else 1.0)
+    for name in ("step", "params", "opt_state", "batch_stats"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=name),
+                     jax.device_get(getattr(got, name)), getattr(want, name))
+
+
 def _scripted_validation(scores):
     """A validate(state) that returns scores[state.step - 1] and records the steps it was called at."""
     calls = []
