@@ -10,6 +10,8 @@ the same numbers up to float round-off. The forms (FORMS), each with the plain f
   1x1   the ResNet's 1x1 convs (bottleneck conv1/conv3, downsample) as einsum (models.resnet.Conv1x1; nn.Conv)
   pool  the stem's 3x3/2 max-pool on stride-2 phases with its own VJP (models.resnet.max_pool_3x3_s2;
         nn.max_pool)
+  deconv the decoder's stride-2 transposed convs one output phase at a time (models.decoder.conv_transpose_2x;
+        plain: the lhs-dilated convolution, decoder.conv_transpose_2x_dilated)
   guard the train step's NaN guard as a cond around the update (train._apply_if_finite; plain: a where() between
         the old and the new state)
 A variant names the forms it keeps: 'all' (the model as it is), 'conv' (none: every form plain), 'A+B' (only A
@@ -60,10 +62,11 @@ def _where_apply_if_finite(finite, state, grads, batch_stats):
 def _forms():
     """form name -> (module, attribute, plain replacement)."""
     from macosnet_jax import train
-    from macosnet_jax.models import regression, resnet
+    from macosnet_jax.models import decoder, regression, resnet
     return {"head": (regression, "ValidConv", _lax_valid_conv),
             "1x1": (resnet, "Conv1x1", _lax_conv1x1),
             "pool": (resnet, "max_pool_3x3_s2", _flax_max_pool),
+            "deconv": (decoder, "conv_transpose_2x", decoder.conv_transpose_2x_dilated),
             "guard": (train, "_apply_if_finite", _where_apply_if_finite)}
 
 
@@ -128,7 +131,7 @@ def main():
     parser.add_argument("--batch", type=int, default=0, help="override the configs' batch size (0: keep)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool, guard)")
+                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool, deconv, guard)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     print(f"backend {jax.default_backend()}, jax {jax.__version__}, load average {os.getloadavg()}")

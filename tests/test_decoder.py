@@ -41,6 +41,21 @@ def test_conv_transpose_matches_torch_definition():
         np.testing.assert_allclose(np.asarray(out[b]).transpose(2, 0, 1), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape,features", [((2, 5, 3, 4), 7), ((1, 1, 6, 3), 1), ((3, 4, 4, 2), 5)])
+def test_conv_transpose_phases_match_the_dilated_conv_and_its_gradients(shape, features):
+    # Reference: the lhs-dilated correlation (lax.conv_general_dilated), values and gradients for x and the kernel.
+    rng = np.random.default_rng(sum(shape))
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, shape[-1], features)), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=(shape[0], 2 * shape[1], 2 * shape[2], features)), jnp.float32)
+    hi = jax.lax.Precision.HIGHEST
+    want, want_vjp = jax.vjp(lambda x, k: dec.conv_transpose_2x_dilated(x, k, hi), x, kernel)
+    got, got_vjp = jax.vjp(jax.jit(lambda x, k: dec.conv_transpose_2x(x, k, hi)), x, kernel)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for name, g, w in zip(("x", "kernel"), got_vjp(cotangent), want_vjp(cotangent)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
 def test_unflipped_kernel_would_fail():
     # Guards the flip in the import: without it an asymmetric kernel gives a different result.
     rng = np.random.default_rng(1)
