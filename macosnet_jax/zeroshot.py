@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from macosnet_jax import geometry
+from macosnet_jax import errors, geometry
 from macosnet_jax.models import dinov2 as dinov2_lib
 
 METHODS = ("nn", "soft_argmax")
@@ -107,14 +107,39 @@ class ZeroShotMatcher:
         return {"point_transfer": point_transfer}
 
 
+def check_dataset(name):
+    """Zero-shot transfer predicts points only: the benchmark must be scored by keypoints (not TSS's flow, which
+    needs warps, nor the co-segmentation sets). UserError otherwise, before anything is loaded."""
+    from macosnet_jax.evaluation.benchmarks import KEYPOINT_DATASETS, base_name
+    if base_name(name) not in KEYPOINT_DATASETS:
+        raise errors.UserError(f"--dataset {name}: zero-shot transfer predicts keypoints only; expected a "
+                                    f"keypoint benchmark ({', '.join(KEYPOINT_DATASETS)})")
+
+
+PROG = "python -m macosnet_jax.zeroshot"
+
+
 def main(argv):
+    """The command: errors a user can fix (a dataset that is not a keypoint benchmark or is not prepared, weights
+    that do not fit) are one line with exit status 2; MACOSNET_VERBOSE=1 shows the traceback."""
+    from macosnet_jax import weights
+    try:
+        _run(argv)
+    except (errors.UserError, weights.WeightsMismatchError, FileNotFoundError) as e:
+        if errors.verbose_requested():
+            raise
+        errors.report(PROG, errors.one_line(e))
+
+
+def _run(argv):
     from absl import flags
     from macosnet_jax import weights
     from macosnet_jax.evaluation.dataset_driver import evaluate_dataset
     from macosnet_jax.evaluation.tables import write_tables
     f = flags.FLAGS
     if bool(f.weights) == bool(f.random_size):
-        raise flags.ValidationError("give exactly one of --weights (an official DINOv2 .pth) or --random_size")
+        raise errors.UserError("give exactly one of --weights (an official DINOv2 .pth) or --random_size")
+    check_dataset(f.dataset)
     if f.weights:
         model, variables = weights.load_dinov2(f.weights)
     else:

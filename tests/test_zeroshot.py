@@ -103,3 +103,23 @@ def test_zeroshot_on_dummy_builders(dataset, table, data_dir):
         row = tables[table].rows["all"]
         assert tables[table].counts["all"] > 0
         assert all(0.0 <= v <= 1.0 for v in row.values()), row
+
+
+def test_only_keypoint_benchmarks_are_accepted():
+    from macosnet_jax import errors
+    for name in ("spair71k", "pf_pascal", "pf_willow/macosnet"):
+        zeroshot.check_dataset(name)
+    for name in ("tss", "internet", "synthetic_objects"):
+        with pytest.raises(errors.UserError, match=f"--dataset {name}: zero-shot transfer predicts keypoints"):
+            zeroshot.check_dataset(name)
+
+
+def test_command_errors_are_one_line_before_anything_is_loaded():
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "macosnet_jax.zeroshot", "--random_size", "tiny", "--dataset",
+                             "tss"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "--dataset tss: zero-shot transfer predicts keypoints only" in lines[0]
+    assert "Traceback" not in result.stderr
