@@ -25,7 +25,7 @@ how they are batched, which BatchNorms use batch statistics (the paper scale fre
 trains them), the loss terms and their formulas, the optimizer (Adam, lr of the config), the input images (the same
 random uint8 arrays, normalised inside the timed work). Not identical: the weights (each side's own random init,
 so the loss values differ), the bilinear sampler (torch's native grid_sample vs the package's gather-based one), the
-non-finite guard (torch skips the update; the JAX step selects old or new state with jnp.where), the threading
+non-finite guard (torch skips the update; the JAX step runs the update inside a lax.cond), the threading
 (XLA's thread pool vs torch's intra-op threads; both use every core by default).
 """
 from __future__ import annotations
