@@ -10,6 +10,7 @@ the same numbers up to float round-off. The forms (FORMS), each with the plain f
   1x1   the ResNet's 1x1 convs (bottleneck conv1/conv3, downsample) as einsum (models.resnet.Conv1x1; nn.Conv)
   pool  the stem's 3x3/2 max-pool on stride-2 phases with its own VJP (models.resnet.max_pool_3x3_s2;
         nn.max_pool)
+  stem  the ResNet stem conv's input gradient on 2x2 pixel blocks (models.resnet.StemConv; plain: nn.Conv)
   deconv the decoder's stride-2 transposed convs one output phase at a time (models.decoder.conv_transpose_2x;
         plain: the lhs-dilated convolution, decoder.conv_transpose_2x_dilated)
   guard the train step's NaN guard as a cond around the update (train._apply_if_finite; plain: a where() between
@@ -50,6 +51,12 @@ def _lax_conv1x1(features, stride=1, precision=None, name=None):
                    precision=precision, name=name)
 
 
+def _plain_stem_conv(features, kernel_size=7, precision=None, name=None):
+    pad = kernel_size // 2
+    return nn.Conv(features, (kernel_size, kernel_size), strides=(2, 2), padding=((pad, pad), (pad, pad)),
+                   use_bias=False, precision=precision, name=name)
+
+
 def _flax_max_pool(x):
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
@@ -66,6 +73,7 @@ def _forms():
     return {"head": (regression, "ValidConv", _lax_valid_conv),
             "1x1": (resnet, "Conv1x1", _lax_conv1x1),
             "pool": (resnet, "max_pool_3x3_s2", _flax_max_pool),
+            "stem": (resnet, "StemConv", _plain_stem_conv),
             "deconv": (decoder, "conv_transpose_2x", decoder.conv_transpose_2x_dilated),
             "guard": (train, "_apply_if_finite", _where_apply_if_finite)}
 

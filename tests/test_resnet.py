@@ -149,3 +149,24 @@ def test_conv1x1_is_nn_conv_with_the_same_parameters(stride, size):
     got = jax.grad(loss(ours), argnums=(0, 1))(v_conv, x)
     want = jax.grad(loss(conv), argnums=(0, 1))(v_conv, x)
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5), got, want)
+
+
+@pytest.mark.parametrize("kernel_size, size", [(7, 16), (7, 13), (3, 9), (5, 10)])
+def test_stem_conv_is_nn_conv_with_the_same_parameters(kernel_size, size):
+    """StemConv: nn.Conv(k, stride 2, pad k // 2)'s parameter tree and init, outputs, and both gradients (its input
+    gradient is computed on 2x2 blocks: odd sizes and kernels whose size is not a multiple of 2 included)."""
+    x = jax.random.normal(jax.random.PRNGKey(13), (2, size, size + 3, 3))
+    pad = kernel_size // 2
+    conv = nn.Conv(4, (kernel_size, kernel_size), strides=(2, 2), padding=((pad, pad), (pad, pad)), use_bias=False,
+                   precision="highest")
+    ours = resnet.StemConv(4, kernel_size, precision="highest")
+    v_conv, v_ours = conv.init(jax.random.key(14), x), ours.init(jax.random.key(14), x)
+    assert jax.tree.structure(v_conv) == jax.tree.structure(v_ours)
+    jax.tree.map(np.testing.assert_array_equal, v_conv, v_ours)
+    np.testing.assert_allclose(ours.apply(v_conv, x), conv.apply(v_conv, x), rtol=1e-5, atol=1e-5)
+
+    def loss(module):
+        return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+    got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(v_conv, x)
+    want = jax.jit(jax.grad(loss(conv), argnums=(0, 1)))(v_conv, x)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5), got, want)

@@ -14,6 +14,7 @@ at stride 16 (15x15 for 240x240 input); the decoder reads 'stem', 'layer1', 'lay
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -75,6 +76,85 @@ class Conv1x1(nn.Module):
         if self.stride != 1:
             x = x[:, ::self.stride, ::self.stride, :]
         return jnp.einsum("bhwc,cf->bhwf", x, kernel[0, 0], precision=self.precision)
+
+
+_CONV_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _strided_conv(x, kernel, pad: int, precision):
+    return jax.lax.conv_general_dilated(x, kernel, (2, 2), ((pad, pad), (pad, pad)), dimension_numbers=_CONV_DIMS,
+                                        precision=precision)
+
+
+def space_to_depth_kernel(kernel):
+    """A stride-2 conv's kernel (k, k, C, F) as the kernel of the stride-1 conv over the input's 2x2 pixel blocks:
+    (m, m, 4C, F), m = ⌈k/2⌉, zero-padded to an even size; block channel (2a + b)·C + c is pixel (2y + a, 2x + b)."""
+    k, _, c, f = kernel.shape
+    m = (k + 1) // 2
+    padded = jnp.pad(kernel, ((0, 2 * m - k), (0, 2 * m - k), (0, 0), (0, 0)))
+    return padded.reshape(m, 2, m, 2, c, f).transpose(0, 2, 1, 3, 4, 5).reshape(m, m, 4 * c, f)
+
+
+def _strided_conv_input_grad(g, kernel, input_hw, pad: int, precision):
+    """The input gradient of `_strided_conv`: g (B, oh, ow, F) -> (B, H, W, C).
+
+    The stride-2 conv is the stride-1 conv of `space_to_depth_kernel` over the padded input's 2x2 blocks, so its
+    adjoint is one stride-1 full correlation of g with that kernel flipped (F -> 4C channels), put back from
+    blocks to pixels and cropped to the unpadded input.
+    """
+    b, oh, ow, _ = g.shape
+    k, _, c, _ = kernel.shape
+    m = (k + 1) // 2
+    flipped = jnp.flip(space_to_depth_kernel(kernel), (0, 1)).transpose(0, 1, 3, 2)  # (m, m, F, 4C)
+    blocks = jax.lax.conv_general_dilated(g, flipped, (1, 1), ((m - 1, m - 1), (m - 1, m - 1)),
+                                          dimension_numbers=_CONV_DIMS, precision=precision)
+    bh, bw = oh + m - 1, ow + m - 1
+    pixels = blocks.reshape(b, bh, bw, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * bh, 2 * bw, c)
+    h, w = input_hw
+    pixels = jnp.pad(pixels, ((0, 0), (0, max(0, h + pad - 2 * bh)), (0, max(0, w + pad - 2 * bw)), (0, 0)))
+    return pixels[:, pad:pad + h, pad:pad + w, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def stem_conv(x, kernel, pad: int, precision: Any = None):
+    """Bias-free stride-2 conv with symmetric padding `pad` (torch's stem conv1): x (B, H, W, C), kernel (k, k, C, F)
+    -> (B, ⌊(H + 2·pad - k)/2⌋ + 1, ⌊(W + 2·pad - k)/2⌋ + 1, F).
+
+    The same values as the plain strided convolution, and the same gradients up to float round-off. Why a VJP of
+    its own: the input gradient (needed where images depend on parameters: warped images in the cascade, masked
+    images in the perceptual loss) is a transposed convolution, which XLA CPU runs as a zero-dilated convolution
+    over 3 output channels, several times slower than the stride-1 form used here (`_strided_conv_input_grad`;
+    the demo's joint step, benchmarks/bench_conv_forms.py). Forward and kernel gradient are XLA's own.
+    """
+    return _strided_conv(x, kernel, pad, precision)
+
+
+def _stem_conv_fwd(x, kernel, pad, precision):
+    return _strided_conv(x, kernel, pad, precision), (x, kernel)
+
+
+def _stem_conv_bwd(pad, precision, residuals, g):
+    x, kernel = residuals
+    dx = _strided_conv_input_grad(g, kernel, x.shape[1:3], pad, precision)
+    dkernel = jax.vjp(lambda k: _strided_conv(x, k, pad, precision), kernel)[1](g)[0]
+    return dx, dkernel
+
+
+stem_conv.defvjp(_stem_conv_fwd, _stem_conv_bwd)
+
+
+class StemConv(nn.Module):
+    """`nn.Conv(features, (k, k), strides=2, padding=k // 2, use_bias=False)`'s parameters, computed by
+    `stem_conv` (its own input gradient)."""
+    features: int
+    kernel_size: int = 7
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (self.kernel_size, self.kernel_size, x.shape[-1], self.features), jnp.float32)
+        return stem_conv(x, kernel, self.kernel_size // 2, self.precision)
 
 
 def _conv(features: int, kernel: int, stride: int, name: str, precision: Any = None) -> nn.Module:
@@ -250,7 +330,7 @@ class ResNet(nn.Module):
         block_cls = BasicBlock if kind == "basic" else Bottleneck
         expansion = block_expansion(self.depth)
 
-        x = _conv(self.width, 7, 2, "conv1", self.precision)(x)
+        x = StemConv(self.width, 7, self.precision, name="conv1")(x)
         x = nn.relu(_bn(use_running_average, "bn1")(x))
         out = {"stem": x}
         last = LAYER_NAMES.index(self.last_layer)
