@@ -52,12 +52,12 @@ def get_config(arg=None):
     # The decoder starts from scratch. The regression heads keep close to what the strong stage taught them: at
     # the encoder's rate the weak losses (cycle and transitivity are smallest for identity-like warps) pull θ
     # away from the object, PCK@0.1 0.128 -> 0.100 between joint steps 300 and 500; at 3e-5 PCK rises instead
-    # (docs/results.md, "Longer joint training").
+    # (docs/demo_objective.md, "Longer joint training").
     joint.optimizer.group_lr = {"decoder": 1e-2, "heads": 3e-5}
     joint.log_every_steps = 25
     joint.checkpoint_every_steps = 50
     joint.keep_checkpoints = 2
-    # Mask signals (docs/results.md, "Why the masks do not find the object"): the paper's objective prefers empty
+    # Mask signals (docs/demo_objective.md, "Why the masks do not find the object"): the paper's objective prefers empty
     # masks here (F = the strong encoder is not semantic: d⁺ is smallest for empty foregrounds, and with margin
     # 1.0 d⁻ drives the masks to all-foreground). What does locate the common object is matching: the masks learn
     # from pseudo-labels of where the predicted warp's match is the cell's best match ('pseudo_label', see
@@ -67,7 +67,7 @@ def get_config(arg=None):
     # The labels are confident ones (losses.confident_pseudo_labels): foreground where z > 1.3, background where
     # z < 0.5, the band between ignored, and the BCE balances foreground and background pixels (soft labels made
     # the masks regress to their conditional mean); z also holds the mask's own pooled logits (self-training,
-    # weight 1), which rank cells better than matching alone. Chosen in docs/results.md, "Confident, self-trained
+    # weight 1), which rank cells better than matching alone. Chosen in docs/demo_objective.md, "Confident, self-trained
     # pseudo-labels".
     # Cycle and transitivity weigh 0.3: at 1.0 they dominate the tiny inlier term (≈ -0.06) and shrink the warps
     # (J 0.514 -> 0.544 and PCK 0.1505 -> 0.1485 at 300 steps with the heads at 3e-5).

@@ -18,7 +18,7 @@ has ground-truth masks) the script prints:
 3. The pseudo-label scores z of image A ('pseudo_label' mask signal: partners B and C, plus the mask's own logits
    when the config's pseudo_label_self_weight is set) against the ground truth per cell: AUC, the fraction of
    object / background cells above the threshold and their J, and, for confident labels, what the band leaves.
-Numbers from this script are in docs/results.md ("Why the masks do not find the object").
+Numbers from this script are in docs/demo_objective.md ("Why the masks do not find the object").
 """
 from __future__ import annotations
 

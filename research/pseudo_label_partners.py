@@ -8,7 +8,7 @@ category should lower the labels' noise; this script measures by how much, befor
 with K partners per image. For each anchor training image and K partners of its category (strong-stage or joint
 model, eval-mode BatchNorm) it prints, per K and threshold τ: the cell AUC of `losses.pseudo_label_scores`, the
 fraction of object and of background cells labelled foreground (z > τ) and the cells' J against the ground truth.
-Numbers are in docs/results.md ("Matching pseudo-labels").
+Numbers are in docs/demo_objective.md ("Matching pseudo-labels").
 """
 from __future__ import annotations
 
