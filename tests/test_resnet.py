@@ -132,23 +132,27 @@ def test_global_pool_and_bad_input():
         resnet.ResNet(depth=20).init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
 
 
-@pytest.mark.parametrize("stride, size", [(1, 6), (2, 7), (2, 8)])
-def test_conv1x1_is_nn_conv_with_the_same_parameters(stride, size):
-    """Same parameter tree and init as nn.Conv(1x1, stride, pad 0), same outputs and gradients (odd sizes too)."""
-    x = jax.random.normal(jax.random.PRNGKey(11), (2, size, size + 1, 5))
-    conv = nn.Conv(3, (1, 1), strides=(stride, stride), padding=((0, 0), (0, 0)), use_bias=False,
-                   precision="highest")
-    ours = resnet.Conv1x1(3, stride, precision="highest")
-    v_conv, v_ours = conv.init(jax.random.key(12), x), ours.init(jax.random.key(12), x)
+def assert_same_as_nn_conv(ours, conv, x, key, grad_rtol=1e-5):
+    """`ours` has `conv`'s parameter tree and init, and gives its outputs and gradients (parameters and input)."""
+    v_conv, v_ours = conv.init(key, x), ours.init(key, x)
     assert jax.tree.structure(v_conv) == jax.tree.structure(v_ours)
     jax.tree.map(np.testing.assert_array_equal, v_conv, v_ours)
     np.testing.assert_allclose(ours.apply(v_conv, x), conv.apply(v_conv, x), rtol=1e-5, atol=1e-5)
 
     def loss(module):
         return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
-    got = jax.grad(loss(ours), argnums=(0, 1))(v_conv, x)
-    want = jax.grad(loss(conv), argnums=(0, 1))(v_conv, x)
-    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5), got, want)
+    got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(v_conv, x)
+    want = jax.jit(jax.grad(loss(conv), argnums=(0, 1)))(v_conv, x)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=grad_rtol, atol=1e-5), got, want)
+
+
+@pytest.mark.parametrize("stride, size", [(1, 6), (2, 7), (2, 8)])
+def test_conv1x1_is_nn_conv_with_the_same_parameters(stride, size):
+    """Same parameter tree and init as nn.Conv(1x1, stride, pad 0), same outputs and gradients (odd sizes too)."""
+    x = jax.random.normal(jax.random.PRNGKey(11), (2, size, size + 1, 5))
+    conv = nn.Conv(3, (1, 1), strides=(stride, stride), padding=((0, 0), (0, 0)), use_bias=False,
+                   precision="highest")
+    assert_same_as_nn_conv(resnet.Conv1x1(3, stride, precision="highest"), conv, x, jax.random.key(12))
 
 
 @pytest.mark.parametrize("kernel_size, size", [(7, 16), (7, 13), (3, 9), (5, 10)])
@@ -159,14 +163,5 @@ def test_stem_conv_is_nn_conv_with_the_same_parameters(kernel_size, size):
     pad = kernel_size // 2
     conv = nn.Conv(4, (kernel_size, kernel_size), strides=(2, 2), padding=((pad, pad), (pad, pad)), use_bias=False,
                    precision="highest")
-    ours = resnet.StemConv(4, kernel_size, precision="highest")
-    v_conv, v_ours = conv.init(jax.random.key(14), x), ours.init(jax.random.key(14), x)
-    assert jax.tree.structure(v_conv) == jax.tree.structure(v_ours)
-    jax.tree.map(np.testing.assert_array_equal, v_conv, v_ours)
-    np.testing.assert_allclose(ours.apply(v_conv, x), conv.apply(v_conv, x), rtol=1e-5, atol=1e-5)
-
-    def loss(module):
-        return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
-    got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(v_conv, x)
-    want = jax.jit(jax.grad(loss(conv), argnums=(0, 1)))(v_conv, x)
-    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5), got, want)
+    assert_same_as_nn_conv(resnet.StemConv(4, kernel_size, precision="highest"), conv, x, jax.random.key(14),
+                           grad_rtol=1e-4)
