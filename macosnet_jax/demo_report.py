@@ -6,7 +6,7 @@ baselines predict no warp, the matchers no mask), then the seed, the timing and 
 `<method>/<metric>` dict stored in results.json (outside checks read `identity/PCK@0.1`, `centred_box/J`,
 `joint/PCK@0.1`, `joint/J`, ...). The console is kept free of library chatter (backend probes, TensorFlow
 banners, checkpoint bookkeeping): `quiet_logging` lets through only the demo's own lines and the trainer's
-progress lines.
+progress lines, which on a terminal overwrite each other (one line per stage).
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class _DemoLinesOnly(py_logging.Filter):
             return True
         if record.module == "demo":
             return True
-        return record.module == "train" and str(record.msg).startswith("step ")
+        return _is_progress(record)
 
 
 def quiet_logging() -> None:
@@ -111,4 +111,37 @@ def quiet_logging() -> None:
     from absl import logging as absl_logging
     handler = absl_logging.get_absl_handler()
     handler.addFilter(_DemoLinesOnly())
-    handler.setFormatter(py_logging.Formatter("%(message)s"))
+    stream = getattr(getattr(handler, "python_handler", handler), "stream", None)  # absl's: sys.stderr
+    handler.setFormatter(_ProgressInPlace() if _is_terminal(stream) else py_logging.Formatter("%(message)s"))
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _is_progress(record: py_logging.LogRecord) -> bool:
+    return record.module == "train" and str(record.msg).startswith("step ")
+
+
+class _ProgressInPlace(py_logging.Formatter):
+    """On a terminal, the trainer's progress lines of a stage overwrite each other (one line per stage).
+
+    Each progress line is written from the line's start and left open (the handler's newline is taken back with a
+    carriage return, the rest of the old line erased); the next other line first closes it.
+    """
+
+    def __init__(self):
+        super().__init__("%(message)s")
+        self._open = False
+
+    def format(self, record: py_logging.LogRecord) -> str:
+        text = super().format(record)
+        if _is_progress(record):
+            self._open = True
+            return "\r" + text + "\x1b[K\x1b[1A"  # the handler's newline follows; move back onto this line
+        prefix = "\n" if self._open else ""
+        self._open = False
+        return prefix + text

@@ -86,3 +86,46 @@ def test_summarize_keeps_each_methods_own_outputs():
                                "img224": table({"PCK@0.05": 0.4, "PCK@0.1": 0.5})}}
     assert demo_report.summarize(results) == {"centred_box/P": 0.8, "centred_box/J": 0.5, "strong_only/PCK@0.05": 0.1,
                                               "strong_only/PCK@0.1": 0.2, "strong_only/PCK@0.1_img": 0.5}
+
+
+def test_progress_lines_overwrite_each_other_on_a_terminal():
+    """On a terminal a stage's progress lines share one line (carriage return, erase, the newline taken back);
+    the next other line closes it. Elsewhere (files, CI logs) every line stands."""
+    import io
+    import logging as py_logging
+
+    def record(module, msg):
+        rec = py_logging.LogRecord("absl", py_logging.INFO, f"{module}.py", 1, msg, None, None)
+        rec.module = module
+        return rec
+    formatter = demo_report._ProgressInPlace()
+    written = "".join(formatter.format(r) + "\n" for r in (
+        record("demo", "Stage 1/2"), record("train", "step 50/100"), record("train", "step 100/100"),
+        record("demo", "Stage 2/2")))
+    assert written == ("Stage 1/2\n\rstep 50/100\x1b[K\x1b[1A\n\rstep 100/100\x1b[K\x1b[1A\n"
+                       "\nStage 2/2\n")
+    assert not demo_report._is_terminal(io.StringIO())
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_quiet_logging_overwrites_progress_on_a_terminal_only(terminal):
+    """quiet_logging picks the in-place progress format when absl's handler writes to a terminal (stderr a pty)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    code = ("from absl import logging; from macosnet_jax import demo_report; demo_report.quiet_logging(); "
+            "print(type(logging.get_absl_handler().python_handler.formatter).__name__)")
+    if terminal:
+        leader, follower = pty.openpty()
+        stderr = follower
+    else:
+        stderr = subprocess.DEVNULL
+    try:
+        out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                             timeout=120, check=True).stdout.strip()
+    finally:
+        if terminal:
+            os.close(follower)
+            os.close(leader)
+    assert out == ("_ProgressInPlace" if terminal else "Formatter")
