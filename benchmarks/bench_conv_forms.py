@@ -139,7 +139,7 @@ def main():
     parser.add_argument("--batch", type=int, default=0, help="override the configs' batch size (0: keep)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool, deconv, guard)")
+                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool, stem, deconv, guard)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     print(f"backend {jax.default_backend()}, jax {jax.__version__}, load average {os.getloadavg()}")
