@@ -21,6 +21,8 @@ import time
 import jax
 import numpy as np
 
+from macosnet_jax import host_memory
+
 DEMO_STAGES = {"strong": "strong", "joint": "joint"}
 PAPER_CONFIGS = {"strong": "strong_synthetic.py", "weak": "weak_pfpascal.py", "joint": "macosnet_pfpascal.py"}
 
@@ -109,7 +111,11 @@ def main():
     parser.add_argument("--stages", default="strong,joint", help="comma-separated: strong, weak (paper), joint")
     parser.add_argument("--batch", type=int, default=0, help="override the configs' batch size (0: keep)")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--host-malloc", choices=host_memory.MODES, default="auto",
+                        help="macosnet_jax.host_memory.keep_freed_memory, as the `macosnet` command sets it "
+                             "(off: glibc's default, each step's large buffers are page-faulted in afresh)")
     args = parser.parse_args()
+    print(host_memory.keep_freed_memory(args.host_malloc))  # before the backend starts
     print(f"backend {jax.default_backend()}, jax {jax.__version__}, load average {os.getloadavg()}")
     print(f"{'scale':6s} {'stage':7s} {'batch':>5s} {'compile s':>9s} {'median ms':>10s} {'min ms':>9s} {'loss':>9s}")
     for name in args.stages.split(","):

@@ -214,6 +214,9 @@ def _worker(conn, side: str, scale: str, row: str, batch: int, spec: dict, data:
     """Builds the side's work, then answers 'run' with (seconds, value) and 'rss' with its peak RSS in MiB."""
     import resource
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if side == "jax" or spec["host_malloc_both"]:
+        from macosnet_jax import host_memory
+        host_memory.keep_freed_memory(spec["host_malloc"])  # before JAX's backend (or torch's threads) start
     work = jax_work(scale, row, batch, data) if side == "jax" else torch_work(spec, row, data)
     conn.send("ready")
     while True:
@@ -227,11 +230,13 @@ def _worker(conn, side: str, scale: str, row: str, batch: int, spec: dict, data:
             return
 
 
-def measure_row(scale: str, row: str, batch: int, runs: int, torch_threads: int = 0) -> dict:
+def measure_row(scale: str, row: str, batch: int, runs: int, torch_threads: int = 0, host_malloc: str = "auto",
+                host_malloc_both: bool = False) -> dict:
     """Both sides of one row, interleaved: their warm-up times, medians, peak RSS and last values."""
     context = multiprocessing.get_context("spawn")
     config = scale_config(scale, row)
-    spec, data = dict(torch_spec(config), threads=torch_threads), inputs(row, batch, config.image_size)
+    spec = dict(torch_spec(config), threads=torch_threads, host_malloc=host_malloc, host_malloc_both=host_malloc_both)
+    data = inputs(row, batch, config.image_size)
     sides, result = {}, {"load": os.getloadavg()[0]}
     for side in ("jax", "torch"):  # built one after the other: their setups do not overlap
         parent, child = context.Pipe()
@@ -268,6 +273,11 @@ def main():
                         help="torch.set_num_threads (0: torch's default, one per core). On a loaded machine torch's "
                              "OpenMP barriers wait for descheduled threads: small ops can be 10x slower with 2 "
                              "threads than with 1")
+    parser.add_argument("--host-malloc", choices=("auto", "on", "off"), default="auto",
+                        help="the JAX worker's macosnet_jax.host_memory.keep_freed_memory, as the `macosnet` command "
+                             "sets it")
+    parser.add_argument("--host-malloc-both", action="store_true",
+                        help="the same malloc setting for the PyTorch worker too")
     args = parser.parse_args()
     rows = (args.rows or DEFAULT_ROWS[args.scale]).split(",")
     for row in rows:
@@ -275,14 +285,16 @@ def main():
             raise SystemExit(f"unknown row {row!r} for --scale {args.scale} (rows: {DEFAULT_ROWS[args.scale]})")
     batches = [int(b) for b in args.batches.split(",")]
     print(f"scale {args.scale}, {os.cpu_count()} CPUs, torch threads {args.torch_threads or 'default'}, medians of {args.runs} after one warm-up call, "
-          f"JAX and PyTorch interleaved; load = 1-min load average before the row", flush=True)
+          f"JAX and PyTorch interleaved; load = 1-min load average before the row; host malloc {args.host_malloc} "
+          f"({'both sides' if args.host_malloc_both else 'JAX side'})", flush=True)
     header = (f"| {'work':42s} | batch | load | JAX s | PyTorch s | JAX / PyTorch | JAX peak RSS MiB | "
               f"PyTorch peak RSS MiB | JAX first call s |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|", flush=True)
     for batch in batches:
         for row in rows:
-            r = measure_row(args.scale, row, batch, args.runs, args.torch_threads)
+            r = measure_row(args.scale, row, batch, args.runs, args.torch_threads, args.host_malloc,
+                            args.host_malloc_both)
             print(f"| {ROW_TITLES[row]:42s} | {batch:5d} | {r['load']:4.2f} | {r['jax_s']:5.3f} | "
                   f"{r['torch_s']:9.3f} | {r['jax_s'] / r['torch_s']:13.2f} | {r['jax_rss']:16.0f} | "
                   f"{r['torch_rss']:20.0f} | {r['jax_first']:16.1f} |", flush=True)

@@ -11,8 +11,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "macosnet_jax"
 # Bottom to top, as docs/DESIGN.md lists them. A module's layer is that of its longest matching prefix.
 LAYERS = [
     # Leaves that import nothing else of the package: the user-error type any layer may raise, and where the
-    # config files are (the flag parser of `errors` names the installed configs).
-    ("leaves", ["errors", "config_files"]),
+    # config files are (the flag parser of `errors` names the installed configs), and the process's malloc setting.
+    ("leaves", ["errors", "config_files", "host_memory"]),
     ("ops", ["geometry", "correlation"]),
     ("models", ["models", "weights"]),
     ("losses", ["losses"]),
