@@ -27,6 +27,11 @@ M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 MODES = ("auto", "on", "off")
 
 
+def default_mode() -> str:
+    """The commands' default mode: $MACOSNET_HOST_MALLOC (auto, on or off), else 'auto'."""
+    return os.environ.get("MACOSNET_HOST_MALLOC", "auto").strip().lower() or "auto"
+
+
 def cpu_only() -> bool:
     """Whether JAX can only run on the CPU here: JAX_PLATFORMS is 'cpu', or it is unset and no GPU/TPU plugin is
     installed. Reads the environment and installed packages only (no backend is started)."""

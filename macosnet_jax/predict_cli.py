@@ -35,7 +35,7 @@ import sys
 
 import numpy as np
 
-from macosnet_jax import errors, user_files
+from macosnet_jax import errors, host_memory, user_files
 
 PROG = "macosnet-predict"
 
@@ -277,6 +277,9 @@ def parse_args(argv):
     parser.add_argument("--partners", type=int, default=5, help="collection mode: partner offsets per image")
     parser.add_argument("--skip-bad", action="store_true", help="collection mode: go on without the images that "
                         "cannot be read (they are named in a warning) instead of stopping")
+    parser.add_argument("--host-malloc", choices=host_memory.MODES, default=host_memory.default_mode(),
+                        help="keep freed host memory for reuse (macosnet_jax.host_memory; auto: on when JAX can only "
+                             "use the CPU): the paper-scale cascade's buffers are not page-faulted in afresh per call")
     parser.add_argument("--verbose", action="store_true", help="show the traceback of errors a user can fix "
                         "(also MACOSNET_VERBOSE=1)")
     args = parser.parse_args(argv)
@@ -298,6 +301,7 @@ def parse_args(argv):
 def main(argv=None):
     """Runs the command; returns the exit status (0 ok, 2 bad input). argv excludes the program name."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    host_memory.keep_freed_memory(args.host_malloc)  # before anything starts JAX's backend
     out = pathlib.Path(args.out)
     out_existed = out.exists()
     collection = None

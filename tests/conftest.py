@@ -9,6 +9,8 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # keep TensorFlow (and tests) off any GPU
+# The commands that tests run in this process leave its malloc as it is (tests/test_host_memory.py checks the setting).
+os.environ.setdefault("MACOSNET_HOST_MALLOC", "off")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -11,8 +11,11 @@ from macosnet_jax import host_memory
 
 GLIBC = sys.platform == "linux" and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
 
-# A jitted call whose output (64 MiB) is above glibc's largest mmap threshold (32 MiB): without the setting each
-# call maps it afresh, i.e. 16384 new 4-KiB pages per call; with it the heap settles after a few calls.
+# A jitted call whose output (64 MiB) is above glibc's largest mmap threshold (32 MiB): without the setting every
+# call maps it afresh, i.e. 16384 new 4-KiB pages per call; with it most calls reuse the pages of a call before.
+# The kept heap still grows now and then (a freed block that a later small allocation fenced off, or an output
+# freed only after the next one was allocated: 3 to 7 growths in 1000 calls on a 2-core AMD EPYC, then none), so
+# the probe counts the calls that page-faulted nothing rather than averaging the faults.
 PROBE = textwrap.dedent("""
     import json, resource, sys
     from macosnet_jax import host_memory
@@ -20,13 +23,14 @@ PROBE = textwrap.dedent("""
     import jax, jax.numpy as jnp
     f = jax.jit(lambda x: jnp.sin(x) * 2.0)
     x = jnp.ones((4096, 4096), jnp.float32)
-    for _ in range(5):
+    for _ in range(10):
         jax.block_until_ready(f(x))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(8):
+    faults = []
+    for _ in range(40):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         y = f(x); jax.block_until_ready(y); del y
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    print(json.dumps({"line": line, "faults_per_call": faults / 8}))
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps({"line": line, "faults": faults}))
 """)
 
 
@@ -43,14 +47,19 @@ def test_kept_memory_removes_the_page_faults_of_large_buffers():
     off, on = _probe("off"), _probe("on")
     assert off["line"] == "host malloc: unchanged (off)"
     assert on["line"].startswith("host malloc: freed memory is kept for reuse")
-    assert off["faults_per_call"] > 16000, off  # the buffers really are mapped afresh without it
-    assert on["faults_per_call"] < 0.1 * off["faults_per_call"], (on, off)
+    assert min(off["faults"]) > 16000, off  # without it every call maps its output afresh
+    fault_free = sum(count < 100 for count in on["faults"])
+    assert fault_free >= len(on["faults"]) // 2, on  # with it most calls reuse pages already touched
 
 
 def test_modes_and_refusals(monkeypatch):
     with pytest.raises(ValueError, match="one of"):
         host_memory.keep_freed_memory("yes")
     assert host_memory.keep_freed_memory("off") == "host malloc: unchanged (off)"
+    monkeypatch.setenv("MACOSNET_HOST_MALLOC", " On ")
+    assert host_memory.default_mode() == "on"
+    monkeypatch.delenv("MACOSNET_HOST_MALLOC")
+    assert host_memory.default_mode() == "auto"
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")
     assert not host_memory.cpu_only()
     assert "accelerator" in host_memory.keep_freed_memory("auto")
