@@ -8,10 +8,12 @@ The config defaults to the installed `demo.py` (macosnet_configs), so the comman
 1. Strong stage (CNNGeo): the matching network learns from synthetic warps with known θ (grid loss).
 2. Joint stage (MaCoSNet): from those weights, matching and co-segmentation learn together from triplets of one
    category with the five losses and no ground truth at all.
-3. Evaluation on held-out instances: keypoint transfer PCK (landmarks of the synthetic categories) and
-   co-segmentation P/J, beside trivial baselines (identity transform; all-foreground and centred-box masks) and
-   the strong-stage model, as tables (text + JSON) in the work dir.
-4. Pictures of a few pairs (warped source, masks, keypoint transfer) and a contact sheet of masks.
+3. Each stream alone (config.variants, JOINT_VARIANTS): the joint stage again from the same strong weights with
+   the same budget, once with the matching losses only and once with the co-segmentation loss only.
+4. Evaluation on held-out instances: keypoint transfer PCK (landmarks of the synthetic categories) and
+   co-segmentation P/J, beside trivial baselines (identity transform; all-foreground and centred-box masks), the
+   strong-stage model and each stream alone, as tables (text + JSON) in the work dir.
+5. Pictures of a few pairs (warped source, masks, keypoint transfer) and a contact sheet of masks.
 
 Each stage checkpoints into its own folder under the work dir; running the command again resumes where it stopped
 (a finished stage is not retrained).
@@ -52,6 +54,39 @@ def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections
     for field in STAGE_FIELDS:
         value = config[field]
         out[field] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    return out
+
+
+# Variants of the joint stage (overrides of its loss weights), each trained from the strong stage's weights with
+# the joint stage's data and budget: the demo's stream-alone rows and scripts/ablation.py.
+JOINT_VARIANTS = {
+    "full": {},
+    # Matching, cycle and transitivity (unweighted inlier score): the decoder gets no gradient.
+    "matching_only": dict(contrastive=0.0, task=0.0, fg_weight="none"),
+    # The oracle: matching_only with the ground-truth masks as foreground weights. Its gap over matching_only is
+    # the most that masks can add to matching on this data.
+    "matching_true_masks": dict(contrastive=0.0, task=0.0, fg_weight="true_mask"),
+    # The perceptual contrastive loss alone: no matching losses, no task (cross-network) loss.
+    "coseg_only": dict(matching=0.0, cycle=0.0, transitivity=0.0, task=0.0),
+}
+VARIANT_TITLES = {
+    "full": "joint MaCoSNet again",
+    "matching_only": "matching only (the joint stage's matching losses, no co-segmentation loss)",
+    "matching_true_masks": "matching with ground-truth masks as foreground weights (the oracle)",
+    "coseg_only": "co-segmentation only (the perceptual contrastive loss, no matching losses)",
+}
+
+
+def variant_config(config: ml_collections.ConfigDict, variant: str, strong_dir: str,
+                   seed: int | None = None) -> ml_collections.ConfigDict:
+    """The joint stage's trainer config with JOINT_VARIANTS[variant]'s loss weights, starting from `strong_dir`."""
+    if variant not in JOINT_VARIANTS:
+        raise ValueError(f"unknown joint-stage variant {variant!r}; expected one of {', '.join(JOINT_VARIANTS)}")
+    out = stage_config(config, "joint")
+    out.init_from = strong_dir
+    out.losses.update(JOINT_VARIANTS[variant])
+    if seed is not None:
+        out.seed = seed
     return out
 
 
@@ -122,15 +157,26 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir = train.check_workdir(workdir)
     strong_dir, joint_dir = os.path.join(workdir, "strong"), os.path.join(workdir, "joint")
 
-    logging.info("Stage 1/2: strong (synthetic warps with known θ), %d steps", config.strong.total_steps)
+    variants = [str(v) for v in config.get("variants", ())]
+    for variant in variants:
+        variant_config(config, variant, strong_dir)  # an unknown name fails before any training
+    stages = 2 + len(variants)
+    logging.info("Stage 1/%d: strong (synthetic warps with known θ), %d steps", stages, config.strong.total_steps)
     strong_cfg = stage_config(config, "strong")
     strong_state = train.train_and_evaluate(strong_cfg, strong_dir)
     strong_time = time.time() - start
 
-    logging.info("Stage 2/2: joint MaCoSNet (weakly supervised, both streams), %d steps", config.joint.total_steps)
-    joint_cfg = stage_config(config, "joint")
-    joint_cfg.init_from = strong_dir
+    logging.info("Stage 2/%d: joint MaCoSNet (weakly supervised, both streams), %d steps", stages,
+                 config.joint.total_steps)
+    joint_cfg = variant_config(config, "full", strong_dir)
     joint_state = train.train_and_evaluate(joint_cfg, joint_dir)
+    joint_time = time.time() - start - strong_time
+
+    variant_states = {}
+    for number, variant in enumerate(variants, start=3):
+        logging.info("Stage %d/%d: %s, %d steps", number, stages, VARIANT_TITLES[variant], config.joint.total_steps)
+        variant_states[variant] = train.train_and_evaluate(variant_config(config, variant, strong_dir),
+                                                           os.path.join(workdir, variant))
     train_time = time.time() - start
 
     logging.info("Evaluation on %d held-out pairs", config.eval.num_pairs)
@@ -138,14 +184,16 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     size = config.image_size
     strong_model = factory.matching_model(strong_cfg)
     joint_model = factory.macosnet_model(joint_cfg)
+
+    def trained(model, state):
+        return trained_predictor(model, {"params": state.params, "batch_stats": state.batch_stats}, size)
     methods = {
         "identity": identity_predictor,
-        "all_foreground": mask_baseline_predictor("all_foreground", size),
         "centred_box": mask_baseline_predictor("centred_box", size),
-        "strong_only": trained_predictor(strong_model, {"params": strong_state.params,
-                                                        "batch_stats": strong_state.batch_stats}, size),
-        "joint": trained_predictor(joint_model, {"params": joint_state.params,
-                                                 "batch_stats": joint_state.batch_stats}, size),
+        "all_foreground": mask_baseline_predictor("all_foreground", size),
+        "strong_only": trained(strong_model, strong_state),
+        **{variant: trained(joint_model, state) for variant, state in variant_states.items()},
+        "joint": trained(joint_model, joint_state),
     }
     alphas = tuple(config.eval.alphas)
     results, text = {}, []
@@ -165,14 +213,15 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "results.txt"), "w") as f:
         f.write("\n\n".join(text) + "\n")
     print(demo_report.format_report(
-        summary, ["identity", "centred_box", "all_foreground", "strong_only", "joint"],
+        summary, list(methods),
         title=f"MaCoSNet CPU demo: {len(pairs)} held-out synthetic pairs (training seed {config.seed}, "
               f"evaluation seed {config.eval.seed})",
-        notes=objective_notes(joint_cfg) + [
+        notes=objective_notes(joint_cfg) + variant_notes(variants) + [
             "PCK: kp = keypoint-extent convention, img = image-size convention (docs/SPEC.md); P/J: "
-            "co-segmentation precision and Jaccard. Blank: the method has no such output."],
-        timing={"strong stage": strong_time, "joint stage": train_time - strong_time, "evaluation": eval_time,
-                "total": time.time() - start},
+            "co-segmentation precision and Jaccard. Blank: the method has no such output or does not train it."],
+        timing={"strong stage": strong_time, "joint stage": joint_time,
+                **({"stream-alone stages": train_time - strong_time - joint_time} if variants else {}),
+                "evaluation": eval_time, "total": time.time() - start},
         files={"pictures": os.path.join(workdir, "pictures"), "results": results_path,
                "per-class tables": os.path.join(workdir, "results.txt")}))
     return summary
@@ -188,6 +237,14 @@ def objective_notes(joint_cfg: ml_collections.ConfigDict) -> list[str]:
         line += ("; beyond the paper, the masks also learn from matching pseudo-labels "
                  "(losses.matching_pseudo_labels)")
     return [line]
+
+
+def variant_notes(variants: list[str]) -> list[str]:
+    """One line saying how the stream-alone rows were trained (none when the demo trains no variant)."""
+    if not variants:
+        return []
+    return ["matching only / co-segmentation only: the joint stage's data, steps and start (the strong stage's "
+            "weights) with one stream's losses; over 3 seeds: scripts/ablation.py, docs/ablation.md"]
 
 
 def headline(results: dict) -> dict:

@@ -21,8 +21,11 @@ COLUMNS = (
     ("P", "coseg", "P", "P"),
     ("J", "coseg", "J", "J"),
 )
-# Methods whose warp is not predicted (the identity is what they use): no PCK columns in the table.
-MASK_ONLY = ("all_foreground", "centred_box")
+# Methods shown with one stream's outputs only. The mask baselines predict no warp (they use the identity) and
+# co-segmentation alone does not train the matcher: no PCK columns. Matching alone does not train the decoder
+# (its masks are the untrained decoder's): no P/J columns. results.txt keeps every table of every method.
+MASK_ONLY = ("all_foreground", "centred_box", "coseg_only")
+WARP_ONLY = ("matching_only",)
 ROW_NAMES = {
     "identity": "identity transform",
     "centred_box": "centred box mask",
@@ -42,12 +45,12 @@ def summarize(results: dict) -> dict:
     """{method: {table key: table JSON}} -> {'<method>/<metric>': value} for the metrics each method has.
 
     PCK under kp_extent (`PCK@0.05`, `PCK@0.1`) and under the image-size convention (`PCK@0.1_img`) for methods
-    that predict a warp; P and J for methods that predict masks.
+    that predict a warp; P and J for methods that predict masks (MASK_ONLY and WARP_ONLY: one stream's only).
     """
     out = {}
     for name, tables in results.items():
         for key, table_key, column, _ in COLUMNS:
-            if name in MASK_ONLY and table_key != "coseg":
+            if (name in MASK_ONLY and table_key != "coseg") or (name in WARP_ONLY and table_key == "coseg"):
                 continue
             row = _summary_row(tables.get(table_key))
             if column in row:

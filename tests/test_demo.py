@@ -19,11 +19,16 @@ def quick_run(tmp_path_factory):
 def test_demo_writes_results_tables_and_pictures(quick_run):
     config, workdir, summary = quick_run
     results = json.loads((workdir / "results.json").read_text())
-    assert set(results["tables"]) == {"identity", "all_foreground", "centred_box", "strong_only", "joint"}
-    for method in ("identity", "strong_only", "joint"):
+    assert config.variants == ("matching_only", "coseg_only")
+    assert set(results["tables"]) == {"identity", "all_foreground", "centred_box", "strong_only", "matching_only",
+                                      "coseg_only", "joint"}
+    for method in ("identity", "strong_only", "matching_only", "joint"):
         assert 0.0 <= summary[f"{method}/PCK@0.1"] <= 1.0
-    for method in ("all_foreground", "centred_box", "joint"):
+    for method in ("all_foreground", "centred_box", "coseg_only", "joint"):
         assert 0.0 <= summary[f"{method}/P"] <= 1.0 and 0.0 <= summary[f"{method}/J"] <= 1.0
+    # Each stream-alone row shows its own stream only; results.json's tables keep the rest.
+    assert "matching_only/J" not in summary and "coseg_only/PCK@0.1" not in summary
+    assert "coseg" in results["tables"]["matching_only"] and "kp_extent" in results["tables"]["coseg_only"]
     # Mask baselines predict no warp: no PCK entries that would only repeat the identity's.
     assert not any(k.startswith(("all_foreground/PCK", "centred_box/PCK")) for k in summary)
     assert 0.0 <= summary["joint/PCK@0.1_img"] <= 1.0 and "strong_only/J" not in summary
@@ -46,11 +51,31 @@ def test_joint_stage_starts_from_the_strong_stage_and_freezes_its_encoder(quick_
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+def test_stream_alone_variants_train_one_stream_from_the_strong_stage(quick_run):
+    config, workdir, _ = quick_run
+    mesh = train.make_mesh(jax.devices()[:1])
+    joint_last = checkpoint.load_variables(str(workdir / "joint"), train.replicated(mesh))
+    matching_last = checkpoint.load_variables(str(workdir / "matching_only"), train.replicated(mesh))
+    matching_first = checkpoint.load_variables(str(workdir / "matching_only"), train.replicated(mesh),
+                                               step=config.joint.checkpoint_every_steps)
+    # Matching alone gives the decoder no gradient: it stays at its initialisation while the matcher trains.
+    for first, last in zip(jax.tree.leaves(matching_first["params"]["decoder"]),
+                           jax.tree.leaves(matching_last["params"]["decoder"])):
+        np.testing.assert_array_equal(np.asarray(first), np.asarray(last))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
+        jax.tree.leaves(matching_last["params"]["matching"]), jax.tree.leaves(joint_last["params"]["matching"])))
+    with pytest.raises(ValueError, match="unknown joint-stage variant 'matching_alone'"):
+        demo.variant_config(config, "matching_alone", str(workdir / "strong"))
+    coseg = demo.variant_config(config, "coseg_only", str(workdir / "strong"), seed=7)
+    assert coseg.seed == 7 and coseg.init_from == str(workdir / "strong")
+    assert (coseg.losses.matching, coseg.losses.contrastive) == (0.0, config.joint.losses.contrastive)
+
+
 def test_rerun_resumes_without_retraining(quick_run):
     config, workdir, summary = quick_run
 
     def checkpoints():
-        return {str(p): p.stat().st_mtime for stage in ("strong", "joint")
+        return {str(p): p.stat().st_mtime for stage in ("strong", "joint", *config.variants)
                 for p in (workdir / stage / "checkpoints").iterdir()}
 
     before = checkpoints()
