@@ -80,3 +80,11 @@ def test_demo_unknown_key_is_one_line(tmp_path):
     lines = _error_lines(result, "macosnet-demo")
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert "no key 'total_step'" in lines[0] and not workdir.exists()
+
+
+def test_demo_unknown_variant_is_one_line_before_any_training(tmp_path):
+    workdir = tmp_path / "demo"
+    result = _run("macosnet_jax.demo", "--workdir", str(workdir), "--config.variants=matching_only,matching_alone")
+    lines = _error_lines(result, "macosnet-demo")
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "config.variants: unknown joint-stage variant 'matching_alone'" in lines[0] and not workdir.exists()

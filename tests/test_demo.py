@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from macosnet_jax import checkpoint, demo, demo_report, train
+from macosnet_jax import checkpoint, demo, demo_report, errors, train
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def quick_run(tmp_path_factory):
 def test_demo_writes_results_tables_and_pictures(quick_run):
     config, workdir, summary = quick_run
     results = json.loads((workdir / "results.json").read_text())
-    assert config.variants == ("matching_only", "coseg_only")
+    assert config.variants == "matching_only,coseg_only" and demo.load_config().variants == ""
     assert set(results["tables"]) == {"identity", "all_foreground", "centred_box", "strong_only", "matching_only",
                                       "coseg_only", "joint"}
     for method in ("identity", "strong_only", "matching_only", "joint"):
@@ -64,7 +64,7 @@ def test_stream_alone_variants_train_one_stream_from_the_strong_stage(quick_run)
         np.testing.assert_array_equal(np.asarray(first), np.asarray(last))
     assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
         jax.tree.leaves(matching_last["params"]["matching"]), jax.tree.leaves(joint_last["params"]["matching"])))
-    with pytest.raises(ValueError, match="unknown joint-stage variant 'matching_alone'"):
+    with pytest.raises(errors.UserError, match="config.variants: unknown joint-stage variant 'matching_alone'"):
         demo.variant_config(config, "matching_alone", str(workdir / "strong"))
     coseg = demo.variant_config(config, "coseg_only", str(workdir / "strong"), seed=7)
     assert coseg.seed == 7 and coseg.init_from == str(workdir / "strong")
@@ -75,7 +75,7 @@ def test_rerun_resumes_without_retraining(quick_run):
     config, workdir, summary = quick_run
 
     def checkpoints():
-        return {str(p): p.stat().st_mtime for stage in ("strong", "joint", *config.variants)
+        return {str(p): p.stat().st_mtime for stage in ("strong", "joint", *config.variants.split(","))
                 for p in (workdir / stage / "checkpoints").iterdir()}
 
     before = checkpoints()
