@@ -7,10 +7,11 @@ step budgets (not wall-time budgets: the result must not depend on how busy the 
 Launch:
   macosnet-demo --workdir runs/demo                       # this config
   macosnet-demo --workdir runs/demo_q --config configs/demo.py:quick   # a 1-minute smoke run (tests use it)
-Expected on a 2-core CPU (measured: 4 min 36 s inside the demo, 5 min 38 s with the install): see docs/results.md;
-the demo prints PCK@0.1
-(kp_extent and img-size conventions) of the trained model beside the identity transform, and co-segmentation P/J
-beside the all-foreground and centred-box masks.
+  macosnet-demo --workdir runs/demo --config.variants=matching_only,coseg_only   # + each stream alone
+Expected on a 2-core CPU (measured: 5 min 32 s inside the demo, 6 min 32 s with the install; the two stream-alone
+stages 4 min more): see docs/results.md. The demo prints PCK@0.1 (kp_extent and img-size conventions) of the
+trained models beside the identity transform, and co-segmentation P/J beside the all-foreground and centred-box
+masks.
 """
 import ml_collections
 
