@@ -74,17 +74,14 @@ def test_macosnet_bad_workdir_and_verbose_traceback(tmp_path):
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr and "is not a writable directory" in verbose.stderr
 
 
-def test_demo_unknown_key_is_one_line(tmp_path):
+@pytest.mark.parametrize("arg, expected", [
+    ("--config.strong.total_step=3", "no key 'total_step'"),
+    # checked before any training: the stages it names come after the strong and joint ones
+    ("--config.variants=matching_only,matching_alone", "config.variants: unknown joint-stage variant 'matching_alone'"),
+])
+def test_demo_config_errors_are_one_line(tmp_path, arg, expected):
     workdir = tmp_path / "demo"
-    result = _run("macosnet_jax.demo", "--workdir", str(workdir), "--config.strong.total_step=3")
+    result = _run("macosnet_jax.demo", "--workdir", str(workdir), arg)
     lines = _error_lines(result, "macosnet-demo")
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    assert "no key 'total_step'" in lines[0] and not workdir.exists()
-
-
-def test_demo_unknown_variant_is_one_line_before_any_training(tmp_path):
-    workdir = tmp_path / "demo"
-    result = _run("macosnet_jax.demo", "--workdir", str(workdir), "--config.variants=matching_only,matching_alone")
-    lines = _error_lines(result, "macosnet-demo")
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    assert "config.variants: unknown joint-stage variant 'matching_alone'" in lines[0] and not workdir.exists()
+    assert expected in lines[0] and not workdir.exists()
