@@ -12,8 +12,8 @@ initialisation):
 and, when asked (--variants ...,matching_true_masks), the oracle:
   (d) matching_true_masks: matching_only with the ground-truth masks as the foreground weights; its gap over
                      matching_only (the oracle gap) is what masks can add to matching on this data at all.
-`--config_arg background=backdrop` uses the synthetic data whose categories have their own scenes
-(data/synthetic.py), the clutter that misleads unweighted matching.
+The demo's data is the one whose categories have their own scenes (background 'backdrop', data/synthetic.py: the
+clutter that misleads unweighted matching); `--config_arg background=clutter` gives each image its own clutter.
 Each is evaluated on the demo's held-out pairs: PCK@0.1 (kp_extent), co-segmentation P and J. Writes
 docs/ablation.md (mean ± std over seeds) and <workdir>/ablation.json. Runs resume (each run has its own work dir).
 """
