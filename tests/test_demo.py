@@ -39,12 +39,16 @@ def test_demo_writes_results_tables_and_pictures(quick_run):
     assert pictures == ["pair0_keypoints.png", "pair0_match.png"]
 
 
+def _stage_variables(workdir, stage, step=None):
+    """A demo stage's saved variables (its last checkpoint, or `step`), on one device."""
+    mesh = train.make_mesh(jax.devices()[:1])
+    return checkpoint.load_variables(str(workdir / stage), train.replicated(mesh), step=step)
+
+
 def test_joint_stage_starts_from_the_strong_stage_and_freezes_its_encoder(quick_run):
     config, workdir, _ = quick_run
-    mesh = train.make_mesh(jax.devices()[:1])
-    strong = checkpoint.load_variables(str(workdir / "strong"), train.replicated(mesh))
-    joint_first = checkpoint.load_variables(str(workdir / "joint"), train.replicated(mesh),
-                                            step=config.joint.checkpoint_every_steps)
+    strong = _stage_variables(workdir, "strong")
+    joint_first = _stage_variables(workdir, "joint", step=config.joint.checkpoint_every_steps)
     # The perceptual network F of the contrastive loss is the strong stage's final encoder, unchanged.
     for got, want in zip(jax.tree.leaves(joint_first["frozen"]["params"]),
                          jax.tree.leaves(strong["params"]["encoder"])):
@@ -53,11 +57,9 @@ def test_joint_stage_starts_from_the_strong_stage_and_freezes_its_encoder(quick_
 
 def test_stream_alone_variants_train_one_stream_from_the_strong_stage(quick_run):
     config, workdir, _ = quick_run
-    mesh = train.make_mesh(jax.devices()[:1])
-    joint_last = checkpoint.load_variables(str(workdir / "joint"), train.replicated(mesh))
-    matching_last = checkpoint.load_variables(str(workdir / "matching_only"), train.replicated(mesh))
-    matching_first = checkpoint.load_variables(str(workdir / "matching_only"), train.replicated(mesh),
-                                               step=config.joint.checkpoint_every_steps)
+    joint_last = _stage_variables(workdir, "joint")
+    matching_last = _stage_variables(workdir, "matching_only")
+    matching_first = _stage_variables(workdir, "matching_only", step=config.joint.checkpoint_every_steps)
     # Matching alone gives the decoder no gradient: it stays at its initialisation while the matcher trains.
     for first, last in zip(jax.tree.leaves(matching_first["params"]["decoder"]),
                            jax.tree.leaves(matching_last["params"]["decoder"])):
