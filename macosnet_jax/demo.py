@@ -63,18 +63,19 @@ def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections
 JOINT_VARIANTS = {
     "full": {},
     # Matching, cycle and transitivity (unweighted inlier score): the decoder gets no gradient.
-    "matching_only": dict(contrastive=0.0, task=0.0, fg_weight="none"),
+    "matching_only": dict(contrastive=0.0, task=0.0, smoothness=0.0, fg_weight="none"),
     # The oracle: matching_only with the ground-truth masks as foreground weights. Its gap over matching_only is
     # the most that masks can add to matching on this data.
-    "matching_true_masks": dict(contrastive=0.0, task=0.0, fg_weight="true_mask"),
-    # The perceptual contrastive loss alone: no matching losses, no task (cross-network) loss.
+    "matching_true_masks": dict(contrastive=0.0, task=0.0, smoothness=0.0, fg_weight="true_mask"),
+    # The co-segmentation stream's own losses (the perceptual contrastive loss, and the masks' smoothness where the
+    # joint stage has it): no matching losses, no task (cross-network) loss.
     "coseg_only": dict(matching=0.0, cycle=0.0, transitivity=0.0, task=0.0),
 }
 VARIANT_TITLES = {
     "full": "joint MaCoSNet again",
     "matching_only": "matching only (the joint stage's matching losses, no co-segmentation loss)",
     "matching_true_masks": "matching with ground-truth masks as foreground weights (the oracle)",
-    "coseg_only": "co-segmentation only (the perceptual contrastive loss, no matching losses)",
+    "coseg_only": "co-segmentation only (the mask losses without matching: contrastive, smoothness)",
 }
 
 
@@ -235,9 +236,13 @@ def objective_notes(joint_cfg: ml_collections.ConfigDict) -> list[str]:
     used = [name for name in ("matching", "cycle", "transitivity", "contrastive", "task")
             if float(losses.get(name, 0.0)) > 0.0]
     line = f"joint objective: {', '.join(used)} (the paper's losses)"
+    extra = []
     if losses.get("fg_weight_gradient") == "pseudo_label":
-        line += ("; beyond the paper, the masks also learn from matching pseudo-labels "
-                 "(losses.matching_pseudo_labels)")
+        extra.append("from matching pseudo-labels (losses.matching_pseudo_labels)")
+    if float(losses.get("smoothness", 0.0)) > 0.0:
+        extra.append("with a colour-edge smoothness (losses.edge_aware_smoothness)")
+    if extra:
+        line += "; beyond the paper, the masks also learn " + " and ".join(extra)
     return [line]
 
 

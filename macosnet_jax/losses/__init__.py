@@ -11,12 +11,14 @@ One module per family:
   contrastive    §6.4 `contrastive_loss`, `masked_images` (descriptors come from the caller)
   grid           §6.7 `grid_loss`: strong supervision (CNNGeo)
   pseudo_labels  beyond the paper: the centred mask signal and matching pseudo-labels (the CPU demo's)
+  edges          beyond the paper: `edge_aware_smoothness`, a colour-affinity (relaxed Potts) term on the masks
   objective      §6.6 `LossOptions` (every option and default), the term table `TERMS` and `total_loss`
   maps, masks    the point maps and mask helpers they share
 """
 from macosnet_jax.losses.consistency import (_compat_points, cycle_loss, cycle_loss_compat, task_loss,
                                              transitivity_loss, warp_mask)
 from macosnet_jax.losses.contrastive import contrastive_loss, masked_images
+from macosnet_jax.losses.edges import edge_aware_smoothness
 from macosnet_jax.losses.grid import grid_loss
 from macosnet_jax.losses.inlier import (OFFSET_FACTOR, foreground_weight, inlier_cell_scores, inlier_mask,
                                         inlier_sampling_grid, inlier_score, matching_loss)
@@ -29,8 +31,8 @@ from macosnet_jax.losses.pseudo_labels import (confident_pseudo_labels, matching
 
 __all__ = [
     "DEFAULT_WEIGHTS", "LossOptions", "OFFSET_FACTOR", "TERMS", "Term", "TermInputs", "WEIGHT_NAMES",
-    "average_pool_to", "confident_pseudo_labels", "contrastive_loss", "cycle_loss", "cycle_loss_compat", "foreground_weight",
-    "grid_loss", "inlier_cell_scores", "inlier_mask", "inlier_sampling_grid", "inlier_score", "map_points",
+    "average_pool_to", "confident_pseudo_labels", "contrastive_loss", "cycle_loss", "cycle_loss_compat",
+    "edge_aware_smoothness", "foreground_weight", "grid_loss", "inlier_cell_scores", "inlier_mask", "inlier_sampling_grid", "inlier_score", "map_points",
     "masked_images", "matching_loss", "matching_mask_signal", "matching_pseudo_labels", "pseudo_label_loss",
     "pseudo_label_scores", "regular_points", "task_loss", "total_loss", "transitivity_loss", "warp_mask",
 ]

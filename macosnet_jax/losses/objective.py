@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from macosnet_jax.losses.consistency import cycle_loss, cycle_loss_compat, task_loss, transitivity_loss
 from macosnet_jax.losses.contrastive import contrastive_loss, masked_images
+from macosnet_jax.losses.edges import edge_aware_smoothness, unnormalize_image
 from macosnet_jax.losses.inlier import OFFSET_FACTOR, foreground_weight, matching_loss
 from macosnet_jax.losses.pseudo_labels import (confident_pseudo_labels, matching_mask_signal,
                                                matching_pseudo_labels, pseudo_label_loss)
@@ -57,6 +58,8 @@ class LossOptions:
       between ignored). pseudo_label_balanced: foreground and background pixels weigh equally in the BCE
       (`pseudo_label_loss`). pseudo_label_self_weight: β of `pseudo_label_scores` (the mask's own,
       gradient-stopped logits join the matching evidence; 0: matching alone).
+    smoothness_sigma / smoothness_radius / smoothness_dilation: the colour kernel width (RGB in [0, 1]) and the
+      window of the 'smoothness' term (`edge_aware_smoothness`; beyond the paper, off unless its λ is set).
     """
     weights: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     fg_weight: str = "mask"
@@ -76,6 +79,9 @@ class LossOptions:
     pseudo_label_low: Optional[float] = None
     pseudo_label_balanced: bool = False
     pseudo_label_self_weight: float = 0.0
+    smoothness_sigma: float = 0.1
+    smoothness_radius: int = 2
+    smoothness_dilation: int = 2
 
     def __post_init__(self):
         if self.fg_weight not in FG_WEIGHTS:
@@ -248,6 +254,17 @@ def contrastive_term(outputs, options: LossOptions, inputs: TermInputs) -> jax.A
         d_fg_a, d_fg_b, d_bg_a, d_bg_b))
 
 
+def smoothness_term(outputs, options: LossOptions, inputs: TermInputs) -> jax.Array:
+    """Colour-affinity smoothness of both masks (`edge_aware_smoothness`; beyond the paper); needs `images`."""
+    if inputs.images is None:
+        raise ValueError("total_loss: the smoothness term needs `images` {'a', 'b'}")
+
+    def one(mask, image):
+        return edge_aware_smoothness(mask, unnormalize_image(image), sigma=options.smoothness_sigma,
+                                     radius=options.smoothness_radius, dilation=options.smoothness_dilation)
+    return 0.5 * sum(jnp.mean(jax.vmap(one)(inputs.mask_probs[k], inputs.images[k])) for k in "ab")
+
+
 @dataclasses.dataclass(frozen=True)
 class Term:
     """One term of the objective: its batch-mean function, the λ that weighs it, and when it applies."""
@@ -268,6 +285,7 @@ TERMS: dict[str, Term] = {
     "transitivity": Term(transitivity_term, "transitivity"),
     "task": Term(task_term, "task"),
     "contrastive": Term(contrastive_term, "contrastive"),
+    "smoothness": Term(smoothness_term, "smoothness"),
 }
 
 # The λ names a config's `losses` block may set.
