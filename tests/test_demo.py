@@ -156,3 +156,11 @@ def test_quiet_logging_overwrites_progress_on_a_terminal_only(terminal):
             os.close(follower)
             os.close(leader)
     assert out == ("_ProgressInPlace" if terminal else "Formatter")
+
+
+def test_objective_notes_name_the_additions_beyond_the_paper():
+    config = demo.load_config()
+    full = demo.objective_notes(demo.variant_config(config, "full", "strong"))[0]
+    assert "matching pseudo-labels" in full and "colour-edge smoothness" in full
+    matching = demo.variant_config(config, "matching_only", "strong")
+    assert matching.losses.smoothness == 0.0 and "smoothness" not in demo.objective_notes(matching)[0]
