@@ -13,6 +13,9 @@ the same numbers up to float round-off. The forms (FORMS), each with the plain f
   stem  the ResNet stem conv's input gradient on 2x2 pixel blocks (models.resnet.StemConv; plain: nn.Conv)
   deconv the decoder's stride-2 transposed convs one output phase at a time (models.decoder.conv_transpose_2x;
         plain: the lhs-dilated convolution, decoder.conv_transpose_2x_dilated)
+  bn    a conv followed by a frozen BatchNorm as one op whose gradients keep the BatchNorm's scale off the
+        activation-sized tensors (models.resnet.conv_bn with models.frozen_bn.conv_frozen_bn; plain: the conv,
+        then nn.BatchNorm)
   guard the train step's NaN guard as a cond around the update (train._apply_if_finite; plain: a where() between
         the old and the new state)
 A variant names the forms it keeps: 'all' (the model as it is), 'conv' (none: every form plain), 'A+B' (only A
@@ -61,6 +64,12 @@ def _flax_max_pool(x):
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
+def _plain_conv_bn(x, features, kernel, stride, use_running_average, precision, conv_name, bn_name):
+    from macosnet_jax.models import resnet
+    conv = resnet._conv(features, kernel, stride, conv_name, precision)
+    return resnet._bn(use_running_average, bn_name)(conv(x))
+
+
 def _where_apply_if_finite(finite, state, grads, batch_stats):
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     return jax.tree.map(lambda n, o: jax.numpy.where(finite, n, o), new_state, state)
@@ -75,6 +84,7 @@ def _forms():
             "pool": (resnet, "max_pool_3x3_s2", _flax_max_pool),
             "stem": (resnet, "StemConv", _plain_stem_conv),
             "deconv": (decoder, "conv_transpose_2x", decoder.conv_transpose_2x_dilated),
+            "bn": (resnet, "conv_bn", _plain_conv_bn),
             "guard": (train, "_apply_if_finite", _where_apply_if_finite)}
 
 
@@ -139,7 +149,7 @@ def main():
     parser.add_argument("--batch", type=int, default=0, help="override the configs' batch size (0: keep)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool, stem, deconv, guard)")
+                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool, stem, deconv, bn, guard)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     print(f"backend {jax.default_backend()}, jax {jax.__version__}, load average {os.getloadavg()}")

@@ -165,3 +165,83 @@ def test_stem_conv_is_nn_conv_with_the_same_parameters(kernel_size, size):
                    precision="highest")
     assert_same_as_nn_conv(resnet.StemConv(4, kernel_size, precision="highest"), conv, x, jax.random.key(14),
                            grad_rtol=1e-4)
+
+
+class _ConvBN(nn.Module):
+    """conv_bn as a module (frozen BatchNorm), or the plain conv -> nn.BatchNorm it replaces."""
+    kernel: int
+    stride: int
+    plain: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        if self.plain:
+            conv = (resnet.Conv1x1(3, self.stride, precision="highest", name="conv") if self.kernel == 1 else
+                    nn.Conv(3, (self.kernel, self.kernel), strides=self.stride, padding=self.kernel // 2,
+                            use_bias=False, precision="highest", name="conv"))
+            return nn.BatchNorm(use_running_average=True, epsilon=resnet.BN_EPSILON, name="bn")(conv(x))
+        return resnet.conv_bn(x, 3, self.kernel, self.stride, True, "highest", "conv", "bn")
+
+
+def _random_like(tree, key, low, high):
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return treedef.unflatten([jax.random.uniform(k, v.shape, v.dtype, low, high) for k, v in zip(keys, leaves)])
+
+
+def _random_batch_stats(batch_stats, key):
+    """Running means in [-0.3, 0.3] and variances in [0.5, 1.5] (most ReLUs stay alive)."""
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(batch_stats)
+    keys = jax.random.split(key, len(paths_leaves))
+    return treedef.unflatten([
+        jax.random.uniform(k, v.shape, v.dtype, *((-0.3, 0.3) if path[-1].key == "mean" else (0.5, 1.5)))
+        for k, (path, v) in zip(keys, paths_leaves)])
+
+
+@pytest.mark.parametrize("kernel, stride, size", [(1, 1, 6), (1, 2, 7), (3, 1, 6), (3, 2, 7), (3, 2, 8)])
+def test_conv_frozen_bn_is_conv_then_batchnorm(kernel, stride, size):
+    """conv_bn with frozen BatchNorm: the plain conv -> nn.BatchNorm's variables, outputs and gradients (input,
+    kernel, BN scale and bias, and the running mean) with random BN statistics and affine parameters."""
+    x = jax.random.normal(jax.random.PRNGKey(21), (2, size, size + 1, 5))
+    ours, plain = _ConvBN(kernel, stride), _ConvBN(kernel, stride, plain=True)
+    v_plain, v_ours = plain.init(jax.random.key(22), x), ours.init(jax.random.key(22), x)
+    assert jax.tree.structure(v_plain) == jax.tree.structure(v_ours)
+    jax.tree.map(np.testing.assert_array_equal, v_plain, v_ours)
+    variables = {"params": dict(v_plain["params"], bn=_random_like(v_plain["params"]["bn"], jax.random.key(23),
+                                                                    -1.5, 1.5)),
+                 "batch_stats": _random_batch_stats(v_plain["batch_stats"], jax.random.key(24))}
+    np.testing.assert_allclose(ours.apply(variables, x), plain.apply(variables, x), rtol=1e-5, atol=1e-5)
+
+    def loss(module):
+        return lambda v, x: jnp.sum(jnp.sin(3.0 * module.apply(v, x)))
+    got = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(variables, x)
+    want = jax.jit(jax.grad(loss(plain), argnums=(0, 1)))(variables, x)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4), got, want)
+    assert float(jnp.abs(got[0]["batch_stats"]["bn"]["mean"]).max()) > 0.1  # the mean's gradient is compared
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_resnet_frozen_bn_form_matches_the_plain_form(depth, monkeypatch):
+    """The whole encoder with frozen BatchNorm: gradients (parameters and input) as with conv -> nn.BatchNorm."""
+    model = resnet.ResNet(depth=depth, last_layer="layer2", width=8, precision="highest")
+    x = jax.random.normal(jax.random.PRNGKey(25), (2, 32, 32, 3))
+    variables = model.init(jax.random.key(26), x)
+    variables = {"params": variables["params"],
+                 "batch_stats": _random_batch_stats(variables["batch_stats"], jax.random.key(27))}
+
+    def grads():
+        def loss(params, x):
+            out = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x)["features"]
+            return jnp.sum(jnp.sin(out))
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+    got = grads()
+
+    def plain_conv_bn(x, features, kernel, stride, use_running_average, precision, conv_name, bn_name):
+        conv = resnet._conv(features, kernel, stride, conv_name, precision)
+        return resnet._bn(use_running_average, bn_name)(conv(x))
+    monkeypatch.setattr(resnet, "conv_bn", plain_conv_bn)
+    want = grads()
+    scale = max(float(jnp.abs(w).max()) for w in jax.tree.leaves(want))
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * scale), got, want)
+    for leaf in jax.tree.leaves(want[0]["layer1_0"]):  # gradients reach the first block (ReLUs alive)
+        assert float(jnp.abs(leaf).max()) > 1e-3 * scale

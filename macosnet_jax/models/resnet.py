@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from macosnet_jax.models import frozen_bn
+
 # depth -> (block kind, blocks per layer). torchvision's table.
 RESNET_CONFIGS = {
     18: ("basic", (2, 2, 2, 2)),
@@ -171,6 +173,43 @@ def _bn(use_running_average: bool, name: str, scale_init=nn.initializers.ones) -
                         scale_init=scale_init, name=name)
 
 
+class ConvKernel(nn.Module):
+    """The parameter 'kernel' (k, k, C, F) of a bias-free conv, with nn.Conv's (and Conv1x1's) name, shape and init."""
+    shape: tuple
+
+    @nn.compact
+    def __call__(self):
+        return self.param("kernel", nn.initializers.lecun_normal(), self.shape, jnp.float32)
+
+
+class FrozenBatchNorm(nn.Module):
+    """nn.BatchNorm's variables (params 'scale', 'bias'; batch_stats 'mean', 'var'; the same inits), used in
+    inference mode only: returns (a, μ, β) with BN(z) = (z − μ)·a + β, a = scale / √(var + ε)."""
+
+    @nn.compact
+    def __call__(self, features: int):
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32)).value
+        var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32)).value
+        return jax.lax.rsqrt(var + BN_EPSILON) * scale, mean, bias
+
+
+def conv_bn(x, features: int, kernel: int, stride: int, use_running_average: bool, precision: Any,
+            conv_name: str, bn_name: str):
+    """Bias-free conv (torch padding) `conv_name` -> BatchNorm `bn_name`: (B, H, W, C) -> (B, h, w, features).
+
+    With frozen BatchNorm (use_running_average) one `frozen_bn.conv_frozen_bn`, whose gradients keep the
+    BatchNorm's scale off the activation-sized tensors (XLA CPU runs the paper-scale training step faster); the
+    same variables (conv kernel; BN scale, bias, mean, var) and values either way.
+    """
+    if not use_running_average:
+        return _bn(False, bn_name)(_conv(features, kernel, stride, conv_name, precision)(x))
+    weights = ConvKernel((kernel, kernel, x.shape[-1], features), name=conv_name)()
+    scale, mean, bias = FrozenBatchNorm(name=bn_name)(features)
+    return frozen_bn.conv_frozen_bn(x, weights, scale, mean, stride, precision) + bias
+
+
 class BasicBlock(nn.Module):
     """torchvision BasicBlock: 3x3 (stride) -> BN -> ReLU -> 3x3 -> BN, + shortcut, ReLU."""
     width: int
@@ -181,13 +220,11 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        y = _conv(self.width, 3, self.stride, "conv1", self.precision)(x)
-        y = nn.relu(_bn(self.use_running_average, "bn1")(y))
-        y = _conv(self.width, 3, 1, "conv2", self.precision)(y)
-        y = _bn(self.use_running_average, "bn2")(y)
+        frozen, precision = self.use_running_average, self.precision
+        y = nn.relu(conv_bn(x, self.width, 3, self.stride, frozen, precision, "conv1", "bn1"))
+        y = conv_bn(y, self.width, 3, 1, frozen, precision, "conv2", "bn2")
         if self.downsample:
-            x = _conv(self.width, 1, self.stride, "downsample_conv", self.precision)(x)
-            x = _bn(self.use_running_average, "downsample_bn")(x)
+            x = conv_bn(x, self.width, 1, self.stride, frozen, precision, "downsample_conv", "downsample_bn")
         return nn.relu(x + y)
 
 
@@ -201,15 +238,12 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        y = _conv(self.width, 1, 1, "conv1", self.precision)(x)
-        y = nn.relu(_bn(self.use_running_average, "bn1")(y))
-        y = _conv(self.width, 3, self.stride, "conv2", self.precision)(y)
-        y = nn.relu(_bn(self.use_running_average, "bn2")(y))
-        y = _conv(self.width * 4, 1, 1, "conv3", self.precision)(y)
-        y = _bn(self.use_running_average, "bn3")(y)
+        frozen, precision = self.use_running_average, self.precision
+        y = nn.relu(conv_bn(x, self.width, 1, 1, frozen, precision, "conv1", "bn1"))
+        y = nn.relu(conv_bn(y, self.width, 3, self.stride, frozen, precision, "conv2", "bn2"))
+        y = conv_bn(y, self.width * 4, 1, 1, frozen, precision, "conv3", "bn3")
         if self.downsample:
-            x = _conv(self.width * 4, 1, self.stride, "downsample_conv", self.precision)(x)
-            x = _bn(self.use_running_average, "downsample_bn")(x)
+            x = conv_bn(x, self.width * 4, 1, self.stride, frozen, precision, "downsample_conv", "downsample_bn")
         return nn.relu(x + y)
 
 
