@@ -16,6 +16,8 @@ the same numbers up to float round-off. The forms (FORMS), each with the plain f
   bn    a conv followed by a frozen BatchNorm as one op whose gradients keep the BatchNorm's scale off the
         activation-sized tensors (models.resnet.conv_bn with models.frozen_bn.conv_frozen_bn; plain: the conv,
         then nn.BatchNorm)
+  once  each residual block's output computed once (models.resnet.materialized: divided by a runtime 1.0, which
+        XLA does not duplicate into its consumers; plain: the output as it is, recomputed inside each consumer)
   guard the train step's NaN guard as a cond around the update (train._apply_if_finite; plain: a where() between
         the old and the new state)
 A variant names the forms it keeps: 'all' (the model as it is), 'conv' (none: every form plain), 'A+B' (only A
@@ -70,6 +72,11 @@ def _plain_conv_bn(x, features, kernel, stride, use_running_average, precision, 
     return resnet._bn(use_running_average, bn_name)(conv(x))
 
 
+def _plain_block_output(x, one):
+    del one
+    return x
+
+
 def _where_apply_if_finite(finite, state, grads, batch_stats):
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     return jax.tree.map(lambda n, o: jax.numpy.where(finite, n, o), new_state, state)
@@ -85,6 +92,7 @@ def _forms():
             "stem": (resnet, "StemConv", _plain_stem_conv),
             "deconv": (decoder, "conv_transpose_2x", decoder.conv_transpose_2x_dilated),
             "bn": (resnet, "conv_bn", _plain_conv_bn),
+            "once": (resnet, "materialized", _plain_block_output),
             "guard": (train, "_apply_if_finite", _where_apply_if_finite)}
 
 
@@ -149,7 +157,7 @@ def main():
     parser.add_argument("--batch", type=int, default=0, help="override the configs' batch size (0: keep)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool, stem, deconv, bn, guard)")
+                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool, stem, deconv, bn, once, guard)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     print(f"backend {jax.default_backend()}, jax {jax.__version__}, load average {os.getloadavg()}")

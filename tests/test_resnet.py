@@ -245,3 +245,21 @@ def test_resnet_frozen_bn_form_matches_the_plain_form(depth, monkeypatch):
     jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * scale), got, want)
     for leaf in jax.tree.leaves(want[0]["layer1_0"]):  # gradients reach the first block (ReLUs alive)
         assert float(jnp.abs(leaf).max()) > 1e-3 * scale
+
+
+def test_materialized_block_outputs_change_no_value(monkeypatch):
+    """Dividing block outputs by the runtime 1.0 keeps outputs and gradients bit for bit (resnet.materialized)."""
+    kernel = jax.random.normal(jax.random.key(30), (7, 7, 3, 8)) * 1e3
+    assert float(resnet.runtime_one(kernel)) == 1.0
+    model = resnet.ResNet(depth=18, last_layer="layer2", width=8)
+    x = jax.random.normal(jax.random.PRNGKey(31), (2, 32, 32, 3))
+    variables = model.init(jax.random.key(32), x)
+
+    def run():
+        def loss(params, x):
+            return jnp.sum(jnp.sin(model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                               x)["features"]))
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables["params"], x)
+    got = run()
+    monkeypatch.setattr(resnet, "materialized", lambda x, one: x)
+    jax.tree.map(np.testing.assert_array_equal, got, run())
