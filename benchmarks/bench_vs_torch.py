@@ -217,6 +217,9 @@ def _worker(conn, side: str, scale: str, row: str, batch: int, spec: dict, data:
     if side == "jax" or spec["host_malloc_both"]:
         from macosnet_jax import host_memory
         host_memory.keep_freed_memory(spec["host_malloc"])  # before JAX's backend (or torch's threads) start
+    if side == "jax":
+        from macosnet_jax import xla_cpu_flags
+        xla_cpu_flags.prefer_eigen_convolutions(spec["xla_cpu_conv"])  # before JAX's backend starts
     work = jax_work(scale, row, batch, data) if side == "jax" else torch_work(spec, row, data)
     conn.send("ready")
     while True:
@@ -231,11 +234,12 @@ def _worker(conn, side: str, scale: str, row: str, batch: int, spec: dict, data:
 
 
 def measure_row(scale: str, row: str, batch: int, runs: int, torch_threads: int = 0, host_malloc: str = "auto",
-                host_malloc_both: bool = False) -> dict:
+                host_malloc_both: bool = False, xla_cpu_conv: str = "auto") -> dict:
     """Both sides of one row, interleaved: their warm-up times, medians, peak RSS and last values."""
     context = multiprocessing.get_context("spawn")
     config = scale_config(scale, row)
-    spec = dict(torch_spec(config), threads=torch_threads, host_malloc=host_malloc, host_malloc_both=host_malloc_both)
+    spec = dict(torch_spec(config), threads=torch_threads, host_malloc=host_malloc, host_malloc_both=host_malloc_both,
+                xla_cpu_conv=xla_cpu_conv)
     data = inputs(row, batch, config.image_size)
     sides, result = {}, {"load": os.getloadavg()[0]}
     for side in ("jax", "torch"):  # built one after the other: their setups do not overlap
@@ -278,6 +282,9 @@ def main():
                              "sets it")
     parser.add_argument("--host-malloc-both", action="store_true",
                         help="the same malloc setting for the PyTorch worker too")
+    parser.add_argument("--xla-cpu-conv", choices=("auto", "on", "off"), default="auto",
+                        help="the JAX worker's macosnet_jax.xla_cpu_flags.prefer_eigen_convolutions, as the `macosnet` "
+                             "command sets it")
     args = parser.parse_args()
     rows = (args.rows or DEFAULT_ROWS[args.scale]).split(",")
     for row in rows:
@@ -286,7 +293,7 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     print(f"scale {args.scale}, {os.cpu_count()} CPUs, torch threads {args.torch_threads or 'default'}, medians of {args.runs} after one warm-up call, "
           f"JAX and PyTorch interleaved; load = 1-min load average before the row; host malloc {args.host_malloc} "
-          f"({'both sides' if args.host_malloc_both else 'JAX side'})", flush=True)
+          f"({'both sides' if args.host_malloc_both else 'JAX side'}), XLA CPU convolutions {args.xla_cpu_conv}", flush=True)
     header = (f"| {'work':42s} | batch | load | JAX s | PyTorch s | JAX / PyTorch | JAX peak RSS MiB | "
               f"PyTorch peak RSS MiB | JAX first call s |")
     print(header)
@@ -294,7 +301,7 @@ def main():
     for batch in batches:
         for row in rows:
             r = measure_row(args.scale, row, batch, args.runs, args.torch_threads, args.host_malloc,
-                            args.host_malloc_both)
+                            args.host_malloc_both, args.xla_cpu_conv)
             print(f"| {ROW_TITLES[row]:42s} | {batch:5d} | {r['load']:4.2f} | {r['jax_s']:5.3f} | "
                   f"{r['torch_s']:9.3f} | {r['jax_s'] / r['torch_s']:13.2f} | {r['jax_rss']:16.0f} | "
                   f"{r['torch_rss']:20.0f} | {r['jax_first']:16.1f} |", flush=True)

@@ -44,7 +44,7 @@ def cpu_only() -> bool:
     return not list(importlib.metadata.entry_points(group="jax_plugins"))
 
 
-def _backend_started() -> bool:
+def backend_started() -> bool:
     """Whether this process already runs a JAX backend (then new settings no longer reach its threads)."""
     if "jax" not in sys.modules:
         return False
@@ -70,7 +70,7 @@ def keep_freed_memory(mode: str = "auto") -> str:
     libc_version = os.confstr("CS_GNU_LIBC_VERSION") if hasattr(os, "confstr") and sys.platform == "linux" else None
     if not libc_version or not libc_version.startswith("glibc"):
         return "host malloc: unchanged (not glibc)"
-    if _backend_started():
+    if backend_started():
         return "host malloc: unchanged (a JAX backend already started; call keep_freed_memory before it)"
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     # M_TRIM_THRESHOLD is a size_t inside glibc: -1 there is 'never trim'.

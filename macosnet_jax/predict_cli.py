@@ -35,7 +35,7 @@ import sys
 
 import numpy as np
 
-from macosnet_jax import errors, host_memory, user_files
+from macosnet_jax import errors, host_memory, user_files, xla_cpu_flags
 
 PROG = "macosnet-predict"
 
@@ -280,6 +280,9 @@ def parse_args(argv):
     parser.add_argument("--host-malloc", choices=host_memory.MODES, default=host_memory.default_mode(),
                         help="keep freed host memory for reuse (macosnet_jax.host_memory; auto: on when JAX can only "
                              "use the CPU): the paper-scale cascade's buffers are not page-faulted in afresh per call")
+    parser.add_argument("--xla-cpu-conv", choices=xla_cpu_flags.MODES, default=xla_cpu_flags.default_mode(),
+                        help="run convolutions with XLA CPU's Eigen kernels (macosnet_jax.xla_cpu_flags; auto: on when "
+                             "JAX can only use the CPU): the paper-scale encoder's forward is faster")
     parser.add_argument("--verbose", action="store_true", help="show the traceback of errors a user can fix "
                         "(also MACOSNET_VERBOSE=1)")
     args = parser.parse_args(argv)
@@ -301,7 +304,8 @@ def parse_args(argv):
 def main(argv=None):
     """Runs the command; returns the exit status (0 ok, 2 bad input). argv excludes the program name."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    host_memory.keep_freed_memory(args.host_malloc)  # before anything starts JAX's backend
+    host_memory.keep_freed_memory(args.host_malloc)  # both before anything starts JAX's backend
+    xla_cpu_flags.prefer_eigen_convolutions(args.xla_cpu_conv)
     out = pathlib.Path(args.out)
     out_existed = out.exists()
     collection = None

@@ -11,6 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # keep TensorFlow (and tests) off any GPU
 # The commands that tests run in this process leave its malloc as it is (tests/test_host_memory.py checks the setting).
 os.environ.setdefault("MACOSNET_HOST_MALLOC", "off")
+# ... and the commands they start keep XLA's default convolutions (tests/test_xla_cpu_flags.py checks the setting).
+os.environ.setdefault("MACOSNET_XLA_CPU_CONV", "off")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
