@@ -11,8 +11,9 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "macosnet_jax"
 # Bottom to top, as docs/DESIGN.md lists them. A module's layer is that of its longest matching prefix.
 LAYERS = [
     # Leaves that import nothing else of the package: the user-error type any layer may raise, and where the
-    # config files are (the flag parser of `errors` names the installed configs), and the process's malloc setting.
-    ("leaves", ["errors", "config_files", "host_memory"]),
+    # config files are (the flag parser of `errors` names the installed configs), the process's malloc setting and
+    # the XLA CPU flags set before the backend starts.
+    ("leaves", ["errors", "config_files", "host_memory", "xla_cpu_flags"]),
     ("ops", ["geometry", "correlation"]),
     ("models", ["models", "weights"]),
     ("losses", ["losses"]),
