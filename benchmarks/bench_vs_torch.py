@@ -3,6 +3,7 @@
   python benchmarks/bench_vs_torch.py                            # paper scale: ResNet-101 to layer3, 240 px
   python benchmarks/bench_vs_torch.py --batches 1,4 --runs 5
   python benchmarks/bench_vs_torch.py --scale demo               # the demo's model (ResNet-18 w16 to layer2, 96 px)
+  python benchmarks/bench_vs_torch.py --xla-cpu-conv off         # JAX with XLA CPU's default (YNNPACK) convolutions
 
 Needs torch (`pip install .[bench]`); the PyTorch side is benchmarks/torch_reference.py.
 
