@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "macosnet_jax"
 
 # Bottom to top, as docs/DESIGN.md lists them. A module's layer is that of its longest matching prefix.
 LAYERS = [
-    # Leaves that import nothing else of the package: the user-error type any layer may raise, and where the
+    # Leaves that import nothing else of the package but each other: the user-error type any layer may raise, where the
     # config files are (the flag parser of `errors` names the installed configs), the process's malloc setting and
     # the XLA CPU flags set before the backend starts.
     ("leaves", ["errors", "config_files", "host_memory", "xla_cpu_flags"]),
