@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks, in one run from the repository root (~8 minutes on an H100/H200; results in docs/results.md,
+# The GPU checks, in one run from the repository root (~8 minutes on an H100/H200; results in docs/measurements.md,
 # "GPU", and docs/gpu/):
 #   bash benchmarks/gpu_check.sh OUTDIR
 # 1. the op/model tests (geometry, correlation, losses, ResNet, matching model, decoder, MaCoSNet, weight import)

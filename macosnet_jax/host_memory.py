@@ -5,7 +5,7 @@ paper-scale training step (ResNet-101, 240 px) holds one temporary buffer of gig
 serves such a block with a fresh mmap and returns it with munmap, so every step touches all of it as new pages:
 1.3 million page faults and 3.5 s of kernel time in a 10.8-s weak step at batch 8 (2-core CPU). Asking glibc to
 keep freed memory (one malloc arena, no mmap for large blocks, no trimming of the heap) lets the next step reuse
-the same pages: no page faults, the same step in 8.9 s (docs/results.md, benchmarks/bench_steps.py --host-malloc).
+the same pages: no page faults, the same step in 8.9 s (docs/measurements.md, benchmarks/bench_steps.py --host-malloc).
 
 What it changes: three `mallopt` settings of the process (M_ARENA_MAX 1, M_MMAP_MAX 0, M_TRIM_THRESHOLD
 unlimited), which take effect only for threads that have not allocated yet, so they must be set before JAX starts

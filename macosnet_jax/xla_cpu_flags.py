@@ -5,7 +5,7 @@ Why: jaxlib 0.10's CPU backend sends every convolution to YNNPACK (the default l
 product's rate (batch 8, 3x3 convs, 2-core Xeon: 37 GFLOP/s at 60x60x64, 58 at 30x30x128, 211 at 15x15x256), where
 Eigen's reach 166 / 220 / 268 and PyTorch's 188 / 248 / 262. Without YNNPACK convolutions the ResNet-101
 forward and backward at batch 8 (240 px) takes 2.05 s instead of 2.45 s and the forward 0.50 instead of 0.54 s;
-matrix products and reductions stay with YNNPACK (docs/results.md, benchmarks/bench_vs_torch.py --xla-cpu-conv).
+matrix products and reductions stay with YNNPACK (docs/measurements.md, benchmarks/bench_vs_torch.py --xla-cpu-conv).
 
 How: the flag `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` (remove that one type from
 XLA's default list) appended to XLA_FLAGS, which XLA reads once, when JAX starts its CPU backend: call
