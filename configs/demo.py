@@ -10,7 +10,7 @@ Launch:
   macosnet-demo --workdir runs/demo_q --config configs/demo.py:quick   # a 1-minute smoke run (tests use it)
   macosnet-demo --workdir runs/demo --config.variants=matching_only,coseg_only   # + each stream alone
   macosnet-demo --workdir runs/demo_clutter --config configs/demo.py:background=clutter  # each image its own clutter
-Expected on a 2-core CPU (measured: 5 min 59 s inside the demo, 6 min 56 s with the install; the two stream-alone
+Expected on a 2-core CPU (measured: 5 min 57 s inside the demo, 7 min 2 s with the install; the two stream-alone
 stages about 4 min more): see docs/results.md. The demo prints PCK@0.1 (kp_extent and img-size conventions) of the
 trained models beside the identity transform, and co-segmentation P/J beside the all-foreground and centred-box
 masks.
@@ -43,7 +43,7 @@ def get_config(arg=None):
     strong.stage = "strong_synthetic"
     # 1200 strong and 800 joint steps, chosen on the clutter data's validation set (evaluation seed 2000, not the test
     # pairs): both PCK and J beat 600 + 400 (PCK@0.1 0.167 -> 0.201, J 0.559 -> 0.579); 1200 + 400 had PCK 0.2205 but
-    # J 0.522 (docs/results.md).
+    # J 0.522 (docs/demo_objective.md, "Step budgets").
     strong.total_steps = 1200
     strong.batch_size = 8  # affine pairs, and as many TPS pairs
     strong.optimizer.learning_rate = 1e-3
