@@ -22,7 +22,7 @@ from macosnet_jax import demo, evaluate, train
 from macosnet_jax.models import factory
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--strong_dir", required=True, help="A finished strong stage (e.g. runs/demo/strong).")
@@ -33,9 +33,10 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="Override of the demo config (repeatable), e.g. joint.losses.cycle=0.1.")
     parser.add_argument("--tag", default="", help="Suffix of the run folders (one per override set).")
-    args = parser.parse_args()
+    parser.add_argument("--config_arg", default=None, help="Argument of configs/demo.py ('quick' for a smoke run).")
+    args = parser.parse_args(argv)
 
-    config = demo.load_config(None)
+    config = demo.load_config(args.config_arg)
     for assignment in args.set:
         key, value = assignment.split("=", 1)
         *path, leaf = key.split(".")

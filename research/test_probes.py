@@ -66,3 +66,25 @@ def test_pseudo_label_partners_script_on_the_quick_run(quick_run, capsys):
     assert [r[0] for r in rows] == ["1", "2"]
     for row in rows:
         assert all(0.0 <= float(v) <= 1.0 for v in (row[1], row[3], row[4], row[5]))
+
+
+def test_step_budget_script_on_the_quick_run(quick_run, tmp_path, capsys):
+    """research/step_budget.py: one row per (seed, budget), the longer budget resumes the shorter one's run (its
+    metrics log reaches the last budget's step), a --set override reaches the trainer's config, and the JSON file
+    holds the rows."""
+    import json
+    _, workdir, _ = quick_run
+    spec = importlib.util.spec_from_file_location("step_budget", HERE / "step_budget.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--workdir", str(tmp_path), "--strong_dir", str(workdir / "strong"), "--config_arg", "quick",
+                 "--steps", "2,3", "--seeds", "0", "--variants", "full", "--eval_seed", "7",
+                 "--set", "joint.losses.cycle=0.25", "--tag", "_t"])
+    rows = json.loads((tmp_path / "step_budget_t.json").read_text())
+    assert [(r["variant"], r["seed"], r["steps"]) for r in rows] == [("full_t", 0, 2), ("full_t", 0, 3)]
+    assert all(0.0 <= r["PCK@0.1"] <= 1.0 and 0.0 <= r["J"] <= 1.0 for r in rows)
+    run = tmp_path / "full_seed0_t"
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) == 3
+    assert json.loads((run / "config.json").read_text())["losses"]["cycle"] == 0.25
+    assert "mean over seeds" in capsys.readouterr().out
