@@ -135,6 +135,24 @@ def trained_predictor(model, variables, size):
     return predict.Matcher(model, variables, size).match
 
 
+def train_and_score_joint(joint_cfg: ml_collections.ConfigDict, run_dir: str, pairs: list[dict],
+                          size: int) -> dict:
+    """Trains (or resumes) one joint-stage run and scores it on `pairs`: {'PCK@0.1', 'P', 'J'} (PCK under
+    kp_extent; P/J None for a model without masks). Used by the ablation and the step-budget probe.
+
+    Raises errors.UserError when the run stopped before `joint_cfg.total_steps` (SIGTERM: it saved a checkpoint).
+    """
+    state = train.train_and_evaluate(joint_cfg, run_dir)
+    if int(state.step) < joint_cfg.total_steps:
+        raise errors.UserError(f"{run_dir}: stopped at step {int(state.step)} of {joint_cfg.total_steps} "
+                               "(interrupted); rerun the same command to resume it")
+    predictor = trained_predictor(factory.macosnet_model(joint_cfg),
+                                  {"params": state.params, "batch_stats": state.batch_stats}, size)
+    tables = evaluate_synthetic(pairs, predictor, conventions=("kp_extent",), alphas=(0.1,))
+    summary = headline({"run": {k: t.to_json() for k, t in tables.items()}})
+    return {k.split("/", 1)[1]: v for k, v in summary.items()}
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Results.
 

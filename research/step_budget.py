@@ -18,8 +18,7 @@ import os
 
 import numpy as np
 
-from macosnet_jax import demo, evaluate, train
-from macosnet_jax.models import factory
+from macosnet_jax import demo
 
 
 def main(argv=None):
@@ -53,14 +52,8 @@ def main(argv=None):
             for steps in (int(s) for s in args.steps.split(",")):
                 config.joint.total_steps = steps
                 joint_cfg = demo.variant_config(config, variant, os.path.abspath(args.strong_dir), seed=seed)
-                state = train.train_and_evaluate(joint_cfg, run_dir)
-                predictor = demo.trained_predictor(factory.macosnet_model(joint_cfg),
-                                                   {"params": state.params, "batch_stats": state.batch_stats},
-                                                   config.image_size)
-                tables = evaluate.evaluate_synthetic(pairs, predictor, conventions=("kp_extent",), alphas=(0.1,))
-                summary = demo.headline({"run": {k: t.to_json() for k, t in tables.items()}})
-                row = {"variant": variant + args.tag, "seed": seed, "steps": steps,
-                       **{k.split("/", 1)[1]: v for k, v in summary.items()}}
+                metrics = demo.train_and_score_joint(joint_cfg, run_dir, pairs, config.image_size)
+                row = {"variant": variant + args.tag, "seed": seed, "steps": steps, **metrics}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 with open(os.path.join(args.workdir, f"step_budget{args.tag}.json"), "w") as f:

@@ -27,8 +27,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from macosnet_jax import demo, evaluate, train
-from macosnet_jax.models import factory
+from macosnet_jax import demo, errors, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/ablation", "Work dir (one sub-folder per run).")
@@ -44,17 +43,10 @@ def run_variant(config, strong_dir, workdir, variant, seed, pairs):
     joint_cfg = demo.variant_config(config, variant, strong_dir, seed=seed)
     run_dir = os.path.join(workdir, f"{variant}_seed{seed}")
     start = time.time()
-    state = train.train_and_evaluate(joint_cfg, run_dir)
-    if int(state.step) < joint_cfg.total_steps:  # SIGTERM: the run saved a checkpoint and stopped early
-        raise SystemExit(f"{variant} seed {seed} stopped at step {int(state.step)} of {joint_cfg.total_steps} "
-                         "(interrupted); rerun the same command to resume it")
-    predictor = demo.trained_predictor(factory.macosnet_model(joint_cfg),
-                                       {"params": state.params, "batch_stats": state.batch_stats},
-                                       config.image_size)
-    tables = evaluate.evaluate_synthetic(pairs, predictor, conventions=("kp_extent",), alphas=(0.1,))
-    # Every metric of every variant (the demo's table shows each stream-alone row's own stream only).
-    summary = demo.headline({"run": {k: t.to_json() for k, t in tables.items()}})
-    summary = {k.split("/", 1)[1]: v for k, v in summary.items()}
+    try:
+        summary = demo.train_and_score_joint(joint_cfg, run_dir, pairs, config.image_size)
+    except errors.UserError as err:  # interrupted: one line, and the same command resumes it
+        raise SystemExit(f"{variant} seed {seed}: {err}") from None
     summary["train_s"] = time.time() - start
     logging.info("%s seed %d: %s", variant, seed, summary)
     return summary
