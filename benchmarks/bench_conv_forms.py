@@ -22,8 +22,9 @@ the same numbers up to float round-off. The forms (FORMS), each with the plain f
         the old and the new state)
 A variant names the forms it keeps: 'all' (the model as it is), 'conv' (none: every form plain), 'A+B' (only A
 and B), 'all-A' (all but A). Each variant's step is traced with its forms (the plain ones substituted while it is
-traced), and the variants are timed in turns (run r of every variant, then run r + 1), so a machine whose load
-changes during the run slows every variant alike. Per row: the median and min of `--runs` steps after one warm-up
+traced), and the variants are timed in turns (run r of every variant, then run r + 1; each turn starts one variant
+later than the one before, so that no variant always runs first), so a machine whose load changes during the run
+slows every variant alike. Per row: the median and min of `--runs` steps after one warm-up
 step, and the ratio of each median to the first variant's; then the median process CPU time of a step (all
 threads; other processes on a loaded machine inflate it less than the wall time) and its ratio. Load averages before and after are printed: on a shared
 machine the ratios are the numbers to compare, not the milliseconds.
@@ -167,8 +168,8 @@ def main():
         built = {v: list(build(args.scale, name, args.batch or None, v)) for v in variants}
         times = {v: [] for v in variants}
         cpu_times = {v: [] for v in variants}
-        for _ in range(args.runs):
-            for v in variants:
+        for run in range(args.runs):
+            for v in variants[run % len(variants):] + variants[:run % len(variants)]:
                 step_fn, state, batch_arrays = built[v][:3]
                 t0, c0 = time.perf_counter(), time.process_time()
                 state, metrics = step_fn(state, batch_arrays)

@@ -21,7 +21,11 @@ import time
 import jax
 import numpy as np
 
-from macosnet_jax import host_memory, xla_cpu_flags
+try:
+    from macosnet_jax import host_memory, xla_cpu_flags
+except ImportError:  # a checkout older than these modules (the baseline recipe of docs/measurements.md runs this file
+    host_memory = xla_cpu_flags = None  # in one): glibc's malloc and XLA's convolutions as they are
+MODES = ("auto", "on", "off")
 
 DEMO_STAGES = {"strong": "strong", "joint": "joint"}
 PAPER_CONFIGS = {"strong": "strong_synthetic.py", "weak": "weak_pfpascal.py", "joint": "macosnet_pfpascal.py"}
@@ -111,15 +115,18 @@ def main():
     parser.add_argument("--stages", default="strong,joint", help="comma-separated: strong, weak (paper), joint")
     parser.add_argument("--batch", type=int, default=0, help="override the configs' batch size (0: keep)")
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--host-malloc", choices=host_memory.MODES, default="auto",
+    parser.add_argument("--host-malloc", choices=MODES, default="auto",
                         help="macosnet_jax.host_memory.keep_freed_memory, as the `macosnet` command sets it "
                              "(off: glibc's default, each step's large buffers are page-faulted in afresh)")
-    parser.add_argument("--xla-cpu-conv", choices=xla_cpu_flags.MODES, default=None,
+    parser.add_argument("--xla-cpu-conv", choices=MODES, default=None,
                         help="macosnet_jax.xla_cpu_flags.prefer_eigen_convolutions (default: off at --scale demo, as "
                              "macosnet-demo runs; auto at --scale paper, as the `macosnet` command sets it)")
     args = parser.parse_args()
-    print(host_memory.keep_freed_memory(args.host_malloc))  # both before the backend starts
-    print(xla_cpu_flags.prefer_eigen_convolutions(args.xla_cpu_conv or ("off" if args.scale == "demo" else "auto")))
+    if host_memory is None:
+        print("host malloc and XLA CPU convolutions: unchanged (this checkout has neither setting)")
+    else:
+        print(host_memory.keep_freed_memory(args.host_malloc))  # both before the backend starts
+        print(xla_cpu_flags.prefer_eigen_convolutions(args.xla_cpu_conv or ("off" if args.scale == "demo" else "auto")))
     print(f"backend {jax.default_backend()}, jax {jax.__version__}, load average {os.getloadavg()}")
     print(f"{'scale':6s} {'stage':7s} {'batch':>5s} {'compile s':>9s} {'median ms':>10s} {'min ms':>9s} {'loss':>9s}")
     for name in args.stages.split(","):
