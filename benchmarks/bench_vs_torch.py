@@ -18,8 +18,13 @@ Rows (each at every batch of --batches; b = pairs, or images for the encoder):
 
 Each row starts one fresh worker process per side (so each side's peak RSS, its resident-set high-water mark from
 getrusage, belongs to that row alone); the parent then alternates them: one warm-up call each (JAX's compiles),
-then `--runs` rounds of one JAX call and one torch call, so both sides see the same machine load. The table shows
-the 1-minute load average before each row and the medians. On a shared machine compare only rows of one run.
+then rounds of `--block` calls of JAX and `--block` calls of torch, so both sides see the same machine load, until
+each side has `--runs` timed calls. The first call of each block is not timed into the median: a side's first call
+after the other side ran is slower than its next (on a 2-core Intel Xeon, paper weak step at batch 1: JAX 1.4–2.1 s
+against 1.35–1.5 s for the calls after it; torch less so), so one call of each side in turn measures mostly those
+first calls. `--block 1` times every call (one call of each side in turn). The table shows the 1-minute load average
+before each row, the medians, and the JAX / PyTorch ratio of the blocks' first calls alone. On a shared machine
+compare only rows of one run.
 
 Identical on both sides: the layers and their shapes (NHWC in JAX, NCHW in torch), the number of encoder passes and
 how they are batched, which BatchNorms use batch statistics (the paper scale freezes the encoder's; the demo's model
@@ -235,8 +240,10 @@ def _worker(conn, side: str, scale: str, row: str, batch: int, spec: dict, data:
 
 
 def measure_row(scale: str, row: str, batch: int, runs: int, torch_threads: int = 0, host_malloc: str = "auto",
-                host_malloc_both: bool = False, xla_cpu_conv: str = "auto") -> dict:
-    """Both sides of one row, interleaved: their warm-up times, medians, peak RSS and last values."""
+                host_malloc_both: bool = False, xla_cpu_conv: str = "auto", block: int = 3) -> dict:
+    """Both sides of one row, in alternating blocks of `block` calls: their warm-up times, the medians of the timed
+    calls (all but each block's first; every call when block is 1) and of the blocks' first calls, peak RSS and
+    last values."""
     context = multiprocessing.get_context("spawn")
     config = scale_config(scale, row)
     spec = dict(torch_spec(config), threads=torch_threads, host_malloc=host_malloc, host_malloc_both=host_malloc_both,
@@ -250,21 +257,24 @@ def measure_row(scale: str, row: str, batch: int, runs: int, torch_threads: int 
         if parent.recv() != "ready":
             raise RuntimeError(f"{side} worker failed")
         sides[side] = (parent, process)
+    def call(conn):
+        conn.send("run")
+        return conn.recv()
+    for side, (conn, _) in sides.items():  # warm-up (JAX compiles)
+        result[f"{side}_first"], result[f"{side}_value"] = call(conn)
     times = {side: [] for side in sides}
-    for i in range(runs + 1):
+    block_first = {side: [] for side in sides}
+    while len(times["jax"]) < runs:
         for side, (conn, _) in sides.items():
-            conn.send("run")
-            seconds, value = conn.recv()
-            if i == 0:
-                result[f"{side}_first"] = seconds
-            else:
-                times[side].append(seconds)
-            result[f"{side}_value"] = value
+            for i in range(block):
+                seconds, result[f"{side}_value"] = call(conn)
+                (block_first[side] if i == 0 and block > 1 else times[side]).append(seconds)
     for side, (conn, process) in sides.items():
         conn.send("rss")
         result[f"{side}_rss"] = conn.recv()
         process.join()
         result[f"{side}_s"] = statistics.median(times[side])
+        result[f"{side}_block_first_s"] = statistics.median(block_first[side] or times[side])
     return result
 
 
@@ -273,7 +283,10 @@ def main():
     parser.add_argument("--scale", choices=("paper", "demo"), default="paper")
     parser.add_argument("--rows", default="", help=f"comma-separated of {ROWS} (default: per scale)")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--runs", type=int, default=3, help="timed calls per side after one warm-up call")
+    parser.add_argument("--runs", type=int, default=3, help="timed calls per side after one warm-up call (at least)")
+    parser.add_argument("--block", type=int, default=3,
+                        help="calls of one side in a row before the other side's; the first of each is not timed "
+                             "(1: one call of each side in turn, all timed)")
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch.set_num_threads (0: torch's default, one per core). On a loaded machine torch's "
                              "OpenMP barriers wait for descheduled threads: small ops can be 10x slower with 2 "
@@ -292,20 +305,24 @@ def main():
         if row not in ROWS or (row == "strong" and args.scale != "demo"):
             raise SystemExit(f"unknown row {row!r} for --scale {args.scale} (rows: {DEFAULT_ROWS[args.scale]})")
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"scale {args.scale}, {os.cpu_count()} CPUs, torch threads {args.torch_threads or 'default'}, medians of {args.runs} after one warm-up call, "
-          f"JAX and PyTorch interleaved; load = 1-min load average before the row; host malloc {args.host_malloc} "
+    if args.block < 1 or args.runs < 1:
+        raise SystemExit(f"--block and --runs must be >= 1; got {args.block}, {args.runs}")
+    print(f"scale {args.scale}, {os.cpu_count()} CPUs, torch threads {args.torch_threads or 'default'}, medians of "
+          f">= {args.runs} after one warm-up call, JAX and PyTorch in alternating blocks of {args.block} calls (the "
+          f"first of each block not timed); load = 1-min load average before the row; host malloc {args.host_malloc} "
           f"({'both sides' if args.host_malloc_both else 'JAX side'}), XLA CPU convolutions {args.xla_cpu_conv}", flush=True)
     header = (f"| {'work':42s} | batch | load | JAX s | PyTorch s | JAX / PyTorch | JAX peak RSS MiB | "
-              f"PyTorch peak RSS MiB | JAX first call s |")
+              f"PyTorch peak RSS MiB | JAX first call s | JAX / PyTorch, blocks' first calls |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|", flush=True)
     for batch in batches:
         for row in rows:
             r = measure_row(args.scale, row, batch, args.runs, args.torch_threads, args.host_malloc,
-                            args.host_malloc_both, args.xla_cpu_conv)
+                            args.host_malloc_both, args.xla_cpu_conv, args.block)
             print(f"| {ROW_TITLES[row]:42s} | {batch:5d} | {r['load']:4.2f} | {r['jax_s']:5.3f} | "
                   f"{r['torch_s']:9.3f} | {r['jax_s'] / r['torch_s']:13.2f} | {r['jax_rss']:16.0f} | "
-                  f"{r['torch_rss']:20.0f} | {r['jax_first']:16.1f} |", flush=True)
+                  f"{r['torch_rss']:20.0f} | {r['jax_first']:16.1f} | "
+                  f"{r['jax_block_first_s'] / r['torch_block_first_s']:34.2f} |", flush=True)
     print(f"load average after: {os.getloadavg()}")
 
 
