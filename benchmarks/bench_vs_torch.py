@@ -20,8 +20,8 @@ Each row starts one fresh worker process per side (so each side's peak RSS, its 
 getrusage, belongs to that row alone); the parent then alternates them: one warm-up call each (JAX's compiles),
 then rounds of `--block` calls of JAX and `--block` calls of torch, so both sides see the same machine load, until
 each side has `--runs` timed calls. The first call of each block is not timed into the median: a side's first call
-after the other side ran is slower than its next (on a 2-core Intel Xeon, paper weak step at batch 1: JAX 1.4–2.1 s
-against 1.35–1.5 s for the calls after it; torch less so), so one call of each side in turn measures mostly those
+after the other side ran is slower than its next (on a 2-core Intel Xeon, paper weak step at batch 1: JAX's first
+calls 1.4–2.1 s, the calls after them 1.35–1.81 s, median 1.48 s; torch less so), so one call of each side in turn measures mostly those
 first calls. `--block 1` times every call (one call of each side in turn). The table shows the 1-minute load average
 before each row, the medians, and the JAX / PyTorch ratio of the blocks' first calls alone. On a shared machine
 compare only rows of one run.
@@ -257,6 +257,7 @@ def measure_row(scale: str, row: str, batch: int, runs: int, torch_threads: int 
         if parent.recv() != "ready":
             raise RuntimeError(f"{side} worker failed")
         sides[side] = (parent, process)
+
     def call(conn):
         conn.send("run")
         return conn.recv()
@@ -308,8 +309,8 @@ def main():
     if args.block < 1 or args.runs < 1:
         raise SystemExit(f"--block and --runs must be >= 1; got {args.block}, {args.runs}")
     print(f"scale {args.scale}, {os.cpu_count()} CPUs, torch threads {args.torch_threads or 'default'}, medians of "
-          f">= {args.runs} after one warm-up call, JAX and PyTorch in alternating blocks of {args.block} calls (the "
-          f"first of each block not timed); load = 1-min load average before the row; host malloc {args.host_malloc} "
+          f">= {args.runs} after one warm-up call, JAX and PyTorch in alternating blocks of {args.block} calls"
+          f"{' (the first of each block not timed)' if args.block > 1 else ''}; load = 1-min load average before the row; host malloc {args.host_malloc} "
           f"({'both sides' if args.host_malloc_both else 'JAX side'}), XLA CPU convolutions {args.xla_cpu_conv}", flush=True)
     header = (f"| {'work':42s} | batch | load | JAX s | PyTorch s | JAX / PyTorch | JAX peak RSS MiB | "
               f"PyTorch peak RSS MiB | JAX first call s | JAX / PyTorch, blocks' first calls |")
