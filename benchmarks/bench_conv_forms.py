@@ -18,6 +18,8 @@ the same numbers up to float round-off. The forms (FORMS), each with the plain f
         then nn.BatchNorm)
   once  each residual block's output computed once (models.resnet.materialized: divided by a runtime 1.0, which
         XLA does not duplicate into its consumers; plain: the output as it is, recomputed inside each consumer)
+  smooth the smoothness term's window offsets as full-size views of the padded mask and image, summed before one
+        reduction (losses.edges.edge_aware_smoothness; plain: a slice pair, weight and sum per offset)
   guard the train step's NaN guard as a cond around the update (train._apply_if_finite; plain: a where() between
         the old and the new state)
 A variant names the forms it keeps: 'all' (the model as it is), 'conv' (none: every form plain), 'A+B' (only A
@@ -83,11 +85,29 @@ def _where_apply_if_finite(finite, state, grads, batch_stats):
     return jax.tree.map(lambda n, o: jax.numpy.where(finite, n, o), new_state, state)
 
 
+def _sliced_smoothness(mask, image, *, sigma=0.1, radius=2, dilation=2):
+    """The smoothness term as one slice pair, weight and sum per window offset (edges.edge_aware_smoothness's
+    numbers up to round-off)."""
+    from macosnet_jax.losses.edges import window_offsets
+    image = jax.lax.stop_gradient(image)
+    height, width = mask.shape
+    total = 0.0
+    for dy, dx in window_offsets(radius, dilation):
+        def views(x):
+            return (x[:height - dy, max(0, -dx):width - max(0, dx)], x[dy:, max(0, dx):width - max(0, -dx)])
+        (p_i, p_j), (c_i, c_j) = views(mask), views(image)
+        weight = jax.numpy.exp(-jax.numpy.sum((c_i - c_j) ** 2, axis=-1) / (2.0 * sigma ** 2))
+        total = total + jax.numpy.sum(weight * (p_i * (1.0 - p_j) + p_j * (1.0 - p_i)))
+    return total / (height * width)
+
+
 def _forms():
     """form name -> (module, attribute, plain replacement)."""
     from macosnet_jax import train
+    from macosnet_jax.losses import objective
     from macosnet_jax.models import decoder, regression, resnet
-    return {"head": (regression, "ValidConv", _lax_valid_conv),
+    return {"smooth": (objective, "edge_aware_smoothness", _sliced_smoothness),
+            "head": (regression, "ValidConv", _lax_valid_conv),
             "1x1": (resnet, "Conv1x1", _lax_conv1x1),
             "pool": (resnet, "max_pool_3x3_s2", _flax_max_pool),
             "stem": (resnet, "StemConv", _plain_stem_conv),
@@ -158,7 +178,7 @@ def main():
     parser.add_argument("--batch", type=int, default=0, help="override the configs' batch size (0: keep)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool, stem, deconv, bn, once, guard)")
+                        help="comma-separated variants: all, conv, A+B, all-A (forms: head, 1x1, pool, stem, deconv, bn, once, smooth, guard)")
     args = parser.parse_args()
     variants = args.variants.split(",")
     print(f"backend {jax.default_backend()}, jax {jax.__version__}, load average {os.getloadavg()}")

@@ -34,6 +34,34 @@ def test_smoothness_is_the_double_loop(radius, dilation, sigma):
     np.testing.assert_allclose(float(got), _reference(mask, image, sigma, radius, dilation), rtol=1e-5)
 
 
+def _reference_gradient(mask, image, sigma, radius, dilation):
+    """d/dp_i of the term: Σ over i's neighbours j (both directions) of w_ij (1 − 2 p_j), over H·W."""
+    height, width = mask.shape
+    grad = np.zeros_like(mask, dtype=np.float64)
+    for y in range(height):
+        for x in range(width):
+            for dy in range(-radius, radius + 1):
+                for dx in range(-radius, radius + 1):
+                    v, u = y + dy * dilation, x + dx * dilation
+                    if (dy, dx) == (0, 0) or not (0 <= v < height and 0 <= u < width):
+                        continue
+                    weight = np.exp(-np.sum((image[y, x] - image[v, u]) ** 2) / (2 * sigma ** 2))
+                    grad[y, x] += weight * (1 - 2 * mask[v, u])
+    return grad / (height * width)
+
+
+@pytest.mark.parametrize("radius,dilation,sigma", [(1, 1, 0.3), (3, 3, 0.1), (2, 5, 0.5)])
+def test_smoothness_gradient_is_the_double_loop(radius, dilation, sigma):
+    # (2, 5) reaches past the 9-row image: those neighbours do not exist and add nothing.
+    rng = np.random.default_rng(radius + dilation)
+    mask = rng.uniform(size=(9, 11)).astype(np.float32)
+    image = rng.uniform(size=(9, 11, 3)).astype(np.float32)
+    got = jax.grad(lambda m: edge_aware_smoothness(m, jnp.asarray(image), sigma=sigma, radius=radius,
+                                                   dilation=dilation))(jnp.asarray(mask))
+    np.testing.assert_allclose(np.asarray(got), _reference_gradient(mask, image, sigma, radius, dilation),
+                               rtol=1e-4, atol=1e-7)
+
+
 def test_window_offsets_hold_each_unordered_neighbour_once():
     offsets = window_offsets(2, 3)
     assert len(offsets) == 12 and (0, 0) not in offsets
